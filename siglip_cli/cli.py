@@ -1,0 +1,201 @@
+"""The `siglip` command line: options, rendering, and the one error boundary. No tensor code here.
+
+torch and friends are imported inside command bodies, so `siglip --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from typer.core import TyperGroup
+
+from . import __version__
+from .errors import EXIT_FAILED, ImageError, SiglipError
+
+_DEBUG = "siglip.debug"
+
+EXIT_CODES_HELP = "Exit codes: 0 all inputs embedded; 1 some input failed; 2 usage or model error."
+
+
+def _debug_on(ctx: typer.Context) -> bool:
+    return bool(ctx.meta.get(_DEBUG)) or os.environ.get("SIGLIP_DEBUG", "") not in ("", "0")
+
+
+def _err(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+class _ErrorBoundary(TyperGroup):
+    """The single place where a SiglipError becomes `Error: ...` on stderr and an exit code.
+
+    Any other exception is a bug and keeps its traceback; --debug (or SIGLIP_DEBUG=1) shows the
+    traceback for SiglipErrors too.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except SiglipError as e:
+            if _debug_on(ctx):
+                raise
+            _err(f"Error: {e}")
+            raise typer.Exit(e.exit_code) from None
+
+
+def _set_debug(ctx: typer.Context, value: bool) -> bool:
+    if value:
+        ctx.meta[_DEBUG] = True
+    return value
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"siglip {__version__}")
+        raise typer.Exit()
+
+
+app = typer.Typer(
+    cls=_ErrorBoundary,
+    help="SigLIP vision-transformer embeddings for images, from a from-scratch PyTorch model.",
+    epilog=EXIT_CODES_HELP,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+class Pool(str, Enum):
+    none = "none"
+    map = "map"
+    mean = "mean"
+
+
+class Norm(str, Enum):
+    auto = "auto"
+    imagenet = "imagenet"
+    checkpoint = "checkpoint"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+# Shared options, defined once.
+DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback on errors (or set SIGLIP_DEBUG=1).",
+                                        callback=_set_debug, is_eager=True)]
+ModelOpt = Annotated[Optional[str], typer.Option(
+    "--model", "-m", show_default=False,
+    help="A local checkpoint directory, or a hub id (id or id@revision) in the Hugging Face cache. "
+         "Default: google/siglip-base-patch16-224 from the cache.")]
+RandomInitOpt = Annotated[bool, typer.Option(
+    "--random-init", help="Use the seeded, untrained base model (offline smoke runs, learning): its numbers mean "
+                          "nothing.")]
+ImageSizeOpt = Annotated[Optional[int], typer.Option(
+    "--image-size", show_default=False,
+    help="Run at S x S pixels instead of the checkpoint's size (a multiple of the patch size); the position "
+         "embeddings are interpolated.")]
+DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model runs.", case_sensitive=False)]
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_show_version,
+                                          is_eager=True)] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """SigLIP vision-transformer embeddings for images, from a from-scratch PyTorch model.
+
+    Start with `siglip embed --help`.
+    """
+
+
+@app.command(no_args_is_help=True, epilog=EXIT_CODES_HELP)
+def embed(
+    inputs: Annotated[list[Path], typer.Argument(help="Image files to embed.", show_default=False)],
+    output: Annotated[Path, typer.Option(
+        "--output", "-o", show_default=False,
+        help="Output file; its suffix picks the format: .npy, or .safetensors (with metadata).")],
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = False,
+    pool: Annotated[Pool, typer.Option(
+        "--pool", case_sensitive=False,
+        help="none: patch embeddings [N, D]; map: SigLIP's attention-pooled image embedding [D]; "
+             "mean: mean of the patch embeddings [D].")] = Pool.none,
+    norm: Annotated[Norm, typer.Option(
+        "--norm", case_sensitive=False,
+        help="Preprocessing. auto: the checkpoint's own (SigLIP: bicubic, mean=std=0.5) when it has one, else "
+             "imagenet; imagenet: the seed documents' torchvision pipeline (bilinear, ImageNet mean/std).")]
+    = Norm.auto,
+    image_size: ImageSizeOpt = None,
+    device: DeviceOpt = Device.auto,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    debug: DebugOpt = False,
+) -> None:
+    """Embed images with a SigLIP vision model and write the embeddings to a file.
+
+    One input writes its array ([196, 768] patch embeddings for the base model, or [768] with --pool).
+    Several inputs write one stacked array [B, ...] in input order, with the source paths recorded:
+    in the .safetensors metadata, or in a sidecar OUT.npy.json for .npy. An image that cannot be read
+    is reported as `path: reason` and the others are still embedded.
+
+    Examples:
+
+      siglip embed photo.jpg -o photo.npy
+
+      siglip embed a.jpg b.png c.webp --pool map -o images.safetensors
+
+      siglip embed photo.jpg --random-init -o smoke.npy
+    """
+    from .embed import Embedder
+    from .writers import check_writable, output_format, write_embeddings
+
+    output_format(output)
+    check_writable(output)
+    if not any(p.is_file() for p in inputs):
+        from .preprocess import load_image
+
+        load_image(inputs[0])  # raises the reason the first input cannot be read
+    embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
+                             image_size=image_size, device=device.value)
+    if random_init:
+        _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
+             "Use --model with a real checkpoint for meaningful ones.")
+
+    good, failed = [], 0
+    for result in embedder.embed_iter(inputs, batch_size=batch_size):
+        if result.error is not None:
+            failed += 1
+            if len(inputs) == 1:
+                raise ImageError(result.source, result.error)
+            _err(f"{result.source}: {result.error}")
+        else:
+            good.append(result)
+    if not good:
+        raise ImageError(str(output), f"not written: none of the {len(inputs)} inputs could be embedded")
+
+    import numpy as np
+
+    sources = [r.source for r in good]
+    if len(inputs) == 1:
+        array = good[0].embedding
+        written = write_embeddings(output, array, {**embedder.metadata(), "source": sources[0]})
+    else:
+        array = np.stack([r.embedding for r in good])
+        written = write_embeddings(output, array, embedder.metadata(), sources=sources)
+    summary = f"wrote {', '.join(map(str, written))}: {list(array.shape)} float32, {len(good)} embedded"
+    _err(summary + (f", {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def main() -> None:
+    app(prog_name="siglip")

@@ -1,0 +1,295 @@
+"""The SigLIP vision transformer, from scratch.
+
+Class names follow the seed documents; attribute names equal the Hugging Face checkpoint keys
+(`vision_model.encoder.layers.0.self_attn.q_proj.weight` ...), so a checkpoint loads with strict=True.
+
+Shape legend for the comments below:
+    B batch, C channels (3), H/W image height/width in pixels, P patch size,
+    Gh/Gw patch grid height/width (H/P, W/P), N tokens = Gh*Gw (one per patch: SigLIP has no CLS token),
+    D hidden size, h attention heads, Dh = D/h head dim, F intermediate (MLP) size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import GELU_APPROXIMATE, SiglipVisionConfig, check_image_size
+from .errors import UsageError
+
+POOL_MODES = ("none", "map", "mean")
+NO_HEAD = ("this checkpoint has no attention-pooling head (vision_use_head: false): "
+           "use --pool mean or --pool none")
+
+
+def _record(trace: dict | None, name: str, tensor: torch.Tensor) -> None:
+    """Keep a named intermediate for learners (inspect-shapes), like big_vision's `out` dict."""
+    if trace is not None:
+        trace[name] = tensor
+
+
+class SiglipVisionEmbeddings(nn.Module):
+    """Patchify with a strided convolution, then add a learned position embedding per patch."""
+
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.config = config
+        self.patch_size = config.patch_size
+        # kernel = stride = patch: each output pixel is one non-overlapping patch, linearly projected.
+        self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size,
+                                         kernel_size=config.patch_size, stride=config.patch_size)
+        self.position_embedding = nn.Embedding(config.num_patches, config.hidden_size)
+
+    def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
+        """Position embeddings for a Gh x Gw grid of patches.
+
+        At the native grid they are the learned table as it is. At any other grid the table is
+        resampled bicubically over its 2-D layout, as transformers' `interpolate_pos_encoding=True`.
+        """
+        table = self.position_embedding.weight  # (N0, D)
+        side = math.isqrt(table.shape[0])
+        if grid_h == grid_w == side:
+            return table.unsqueeze(0)  # (1, N, D)
+        grid = table.reshape(1, side, side, -1).permute(0, 3, 1, 2)  # (1, D, side, side)
+        grid = F.interpolate(grid, size=(grid_h, grid_w), mode="bicubic", align_corners=False)  # (1, D, Gh, Gw)
+        return grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, -1)  # (1, N, D)
+
+    def forward(self, pixel_values: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        _, _, height, width = pixel_values.shape
+        check_image_size(height, self.config)
+        check_image_size(width, self.config)
+        x = self.patch_embedding(pixel_values.to(self.patch_embedding.weight.dtype))  # (B, D, Gh, Gw)
+        _record(trace, "patch_embedding", x)
+        x = x.flatten(2)  # (B, D, N)
+        _record(trace, "flatten", x)
+        x = x.transpose(1, 2)  # (B, N, D)
+        _record(trace, "transpose", x)
+        pos = self.position_embeddings(height // self.patch_size, width // self.patch_size)  # (1, N, D)
+        x = x + pos.to(x.dtype)
+        _record(trace, "add_position_embedding", x)
+        return x
+
+
+class SiglipAttention(nn.Module):
+    """Multi-head self-attention over the patch tokens (no mask: every patch sees every patch).
+
+    Two paths share the same weights: the fused `scaled_dot_product_attention` (fast, the default)
+    and the explicit seed-document steps (`explicit = True`, or whenever a trace is recorded).
+    """
+
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scale = self.head_dim ** -0.5
+        self.dropout = config.attention_dropout
+        self.explicit = False
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        if self.explicit or trace is not None:
+            return self.forward_explicit(x, trace)
+        B, N, D = x.shape
+        q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, Dh)
+        k = self.k_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, Dh)
+        v = self.v_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, Dh)
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           scale=self.scale)  # (B, h, N, Dh)
+        y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
+        return self.out_proj(y)
+
+    def forward_explicit(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        """The seed documents' attention, one step at a time, each step recorded in `trace`."""
+        B, N, D = x.shape
+        q = self.q_proj(x)
+        k = self.k_proj(x)
+        v = self.v_proj(x)
+        _record(trace, "q_states", q)
+        _record(trace, "k_states", k)
+        _record(trace, "v_states", v)
+        q = q.view(B, N, self.num_heads, self.head_dim)  # (B, N, h, Dh)
+        k = k.view(B, N, self.num_heads, self.head_dim)  # (B, N, h, Dh)
+        v = v.view(B, N, self.num_heads, self.head_dim)  # (B, N, h, Dh)
+        _record(trace, "split_heads", q)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, N, Dh)
+        _record(trace, "transpose_heads", q)
+        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, Dh) @ (B, h, Dh, N) -> (B, h, N, N)
+        _record(trace, "scores", scores)
+        # Softmax in fp32 even under bf16/fp16: the row sums of N exponentials need the range.
+        weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+        _record(trace, "softmax", weights)
+        weights = F.dropout(weights, p=self.dropout, training=self.training)
+        _record(trace, "dropout", weights)
+        y = weights @ v  # (B, h, N, N) @ (B, h, N, Dh) -> (B, h, N, Dh)
+        _record(trace, "weighted_sum", y)
+        y = y.transpose(1, 2)  # (B, N, h, Dh)
+        _record(trace, "transpose_back", y)
+        y = y.reshape(B, N, D)  # (B, N, D)
+        _record(trace, "merge_heads", y)
+        y = self.out_proj(y)
+        _record(trace, "out_proj", y)
+        return y
+
+
+class SiglipMLP(nn.Module):
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        # SigLIP checkpoints use the tanh approximation of GELU (hidden_act "gelu_pytorch_tanh").
+        self.activation_fn = nn.GELU(approximate=GELU_APPROXIMATE[config.hidden_act])
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        x = self.fc1(x)  # (B, N, F)
+        _record(trace, "fc1", x)
+        x = self.activation_fn(x)
+        _record(trace, "gelu", x)
+        x = self.fc2(x)  # (B, N, D)
+        _record(trace, "fc2", x)
+        return x
+
+
+class SiglipEncoderLayer(nn.Module):
+    """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = SiglipAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SiglipMLP(config)
+
+    def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        h = self.layer_norm1(x)
+        _record(trace, "layer_norm1", h)
+        x = x + self.self_attn(h, trace)
+        _record(trace, "residual_add1", x)
+        h = self.layer_norm2(x)
+        _record(trace, "layer_norm2", h)
+        x = x + self.mlp(h, trace)
+        _record(trace, "residual_add2", x)
+        return x
+
+
+class SiglipEncoder(nn.Module):
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
+
+    def forward(self, x: torch.Tensor, trace: dict | None = None, trace_layer: int = 0) -> torch.Tensor:
+        for i, layer in enumerate(self.layers):
+            x = layer(x, trace if i == trace_layer else None)
+        return x
+
+
+class SiglipMultiheadAttentionPoolingHead(nn.Module):
+    """SigLIP's image embedding: one learned query (the probe) attends over all patch tokens.
+
+    SigLIP has no CLS token; this "MAP" head is what the contrastive loss was trained on.
+    """
+
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, config.hidden_size))
+        self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
+        self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = SiglipMLP(config)
+
+    def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        probe = self.probe.expand(x.shape[0], -1, -1)  # (B, 1, D)
+        _record(trace, "probe", probe)
+        y = self.attention(probe, x, x, need_weights=False)[0]  # (B, 1, D)
+        _record(trace, "attention", y)
+        y = y + self.mlp(self.layernorm(y))
+        y = y[:, 0]  # (B, D)
+        _record(trace, "pooled", y)
+        return y
+
+
+class SiglipVisionTransformer(nn.Module):
+    def __init__(self, config: SiglipVisionConfig):
+        super().__init__()
+        self.embeddings = SiglipVisionEmbeddings(config)
+        self.encoder = SiglipEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        if config.vision_use_head:
+            self.head = SiglipMultiheadAttentionPoolingHead(config)
+
+    def forward(self, pixel_values: torch.Tensor, trace: dict | None = None, trace_layer: int = 0) -> torch.Tensor:
+        x = self.embeddings(pixel_values, trace)  # (B, N, D)
+        x = self.encoder(x, trace, trace_layer)  # (B, N, D)
+        x = self.post_layernorm(x)
+        _record(trace, "post_layernorm", x)
+        return x
+
+
+class SiglipVisionModel(nn.Module):
+    """SigLIP's vision tower.
+
+    `model(pixel_values)` returns the patch embeddings (B, N, D); `model.embed(pixel_values, pool="map")`
+    returns SigLIP's pooled image embedding (B, D). Inputs at a resolution other than the config's
+    (any multiple of the patch size) use interpolated position embeddings.
+    """
+
+    def __init__(self, config: SiglipVisionConfig | None = None):
+        super().__init__()
+        self.config = config or SiglipVisionConfig()
+        self.vision_model = SiglipVisionTransformer(self.config)
+        # Where the weights came from; from_pretrained fills these in.
+        self.name_or_path: str | None = None
+        self.revision: str | None = None
+        self.preprocessor_config: dict | None = None
+
+    @property
+    def has_head(self) -> bool:
+        return hasattr(self.vision_model, "head")
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_model(pixel_values)  # (B, N, D)
+
+    def pool(self, patch_embeddings: torch.Tensor, pool: str = "map") -> torch.Tensor:
+        """(B, N, D) patch embeddings -> (B, D) by the attention-pooling head ("map") or the mean."""
+        if pool == "none":
+            return patch_embeddings
+        if pool == "mean":
+            return patch_embeddings.mean(dim=1)  # (B, D)
+        if pool == "map":
+            if not self.has_head:
+                raise UsageError(NO_HEAD)
+            return self.vision_model.head(patch_embeddings)  # (B, D)
+        raise UsageError(f"unknown pool {pool!r}: use one of {', '.join(POOL_MODES)}")
+
+    def embed(self, pixel_values: torch.Tensor, pool: str = "none") -> torch.Tensor:
+        """Patch embeddings (pool="none", (B, N, D)) or one vector per image ("map"/"mean", (B, D))."""
+        return self.pool(self(pixel_values), pool)
+
+    def use_explicit_attention(self, explicit: bool = True) -> "SiglipVisionModel":
+        """Switch every layer to the step-by-step attention path (for learning) or back to fused."""
+        for module in self.modules():
+            if isinstance(module, SiglipAttention):
+                module.explicit = explicit
+        return self
+
+    @classmethod
+    def random_init(cls, config: SiglipVisionConfig | None = None, seed: int = 0) -> "SiglipVisionModel":
+        """The untrained model with PyTorch's default initialisation, reproducibly seeded."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(config)
+        model.name_or_path = f"random-init (seed {seed})"
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, revision: str | None = None,
+                        dtype: torch.dtype = torch.float32) -> "SiglipVisionModel":
+        """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id in the local cache."""
+        from .weights import load_model, resolve_model
+
+        return load_model(resolve_model(path_or_id, revision), dtype=dtype)

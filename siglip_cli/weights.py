@@ -1,0 +1,203 @@
+"""Finding and loading SigLIP checkpoints in the Hugging Face layout.
+
+A checkpoint is a directory with `config.json`, `model.safetensors` (or shards plus
+`model.safetensors.index.json`) and usually `preprocessor_config.json`. Only safetensors are read:
+pickles (*.bin, *.pt, *.pth) can run code when loaded, so they are never opened.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .config import DEFAULT_MODEL_ID, SiglipVisionConfig
+from .errors import CheckpointError, ModelNotFoundError
+from .model import SiglipVisionModel
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
+# What the tool needs from a repository; everything else (tokenizer, TF/Flax/ONNX, pickles) is left alone.
+NEEDED_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model-*.safetensors",
+                WEIGHTS_INDEX_NAME]
+
+_VISION_ROOTS = ("embeddings.", "encoder.", "post_layernorm.", "head.")
+_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """A resolved checkpoint: where its files are and how the user named it."""
+
+    path: Path
+    name: str  # the hub id or the directory as given
+    revision: str | None = None  # the commit, for hub models
+
+
+def map_checkpoint_key(name: str) -> str | None:
+    """A checkpoint tensor name -> this model's state-dict key, or None for tensors it never reads.
+
+    Three layouts exist: full SigLIP (`vision_model.` beside `text_model.` and `logit_scale`),
+    vision-only from transformers 4 (`vision_model.` prefix) and from transformers 5 (no prefix).
+    Names this function does not recognise come back unchanged, to be reported as unexpected.
+    """
+    if name.startswith("text_model.") or name in ("logit_scale", "logit_bias"):
+        return None  # the text tower: never loaded
+    if name.endswith("embeddings.position_ids"):
+        return None  # a buffer some exports persist; it is always arange(N)
+    if name.startswith("vision_model."):
+        return name
+    if name.startswith(_VISION_ROOTS):
+        return "vision_model." + name
+    return name
+
+
+def read_config(ckpt: Path) -> SiglipVisionConfig:
+    path = ckpt / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{ckpt}: no config.json: not a Hugging Face checkpoint directory")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): re-download the checkpoint") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object: re-download the checkpoint")
+    return SiglipVisionConfig.from_hf_dict(data)
+
+
+def read_preprocessor_config(ckpt: Path) -> dict | None:
+    path = ckpt / "preprocessor_config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): re-download the checkpoint") from None
+    return data if isinstance(data, dict) else None
+
+
+def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
+    """The safetensors files to open, each with the tensor names to read from it (None: all of them).
+
+    With a sharded checkpoint, shards that hold only text-tower tensors are not even opened.
+    """
+    index = ckpt / WEIGHTS_INDEX_NAME
+    if index.is_file():
+        try:
+            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e}): re-download the checkpoint") \
+                from None
+        files: dict[Path, list[str]] = {}
+        for name, shard in sorted(weight_map.items()):
+            if map_checkpoint_key(name) is not None:
+                files.setdefault(ckpt / shard, []).append(name)
+        return dict(files)
+    single = ckpt / WEIGHTS_NAME
+    if single.is_file():
+        return {single: None}
+    pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise CheckpointError(
+            f"{ckpt}: only pickle weights ({', '.join(pickles)}), which siglip never loads because unpickling "
+            "can run code: use a checkpoint with model.safetensors"
+        )
+    raise CheckpointError(f"{ckpt}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}: not a complete checkpoint")
+
+
+def read_vision_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The vision tensors of a checkpoint, keyed as this model's state dict; text tensors are never read."""
+    from safetensors import SafetensorError, safe_open
+
+    state: dict[str, torch.Tensor] = {}
+    for path, names in weight_files(ckpt).items():
+        if not path.is_file():
+            raise CheckpointError(f"{path}: weight shard listed in {WEIGHTS_INDEX_NAME} is missing: "
+                                  "re-download the checkpoint")
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                for name in names if names is not None else f.keys():
+                    key = map_checkpoint_key(name)
+                    if key is not None:
+                        state[key] = f.get_tensor(name)
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e}): "
+                                  "re-download the checkpoint") from None
+    return state
+
+
+def _name_list(keys: list[str], limit: int = 6) -> str:
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, where: str) -> None:
+    """Strict: every key present, none extra, every shape equal to what the config implies."""
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k} {list(state[k].shape)} (config wants {list(expected[k])})"
+             for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != expected[k]]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {_name_list(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {_name_list(unexpected)}")
+    if wrong:
+        problems.append(f"shape mismatch: {_name_list(wrong, 3)}")
+    if problems:
+        raise CheckpointError(f"{where}: weights do not fit config.json: {'; '.join(problems)}")
+
+
+def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> SiglipVisionModel:
+    """Build the model for a checkpoint's config and load its vision weights strictly."""
+    config = read_config(source.path)
+    state = read_vision_state_dict(source.path)
+    # Built on the meta device: no time spent initialising weights that are about to be replaced.
+    with torch.device("meta"):
+        model = SiglipVisionModel(config)
+    check_state_dict(state, model, str(source.path))
+    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    model.load_state_dict(state, strict=True, assign=True)
+    model.name_or_path = source.name
+    model.revision = source.revision
+    model.preprocessor_config = read_preprocessor_config(source.path)
+    return model.eval()
+
+
+def parse_model_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:
+    """'org/name@rev' -> ('org/name', 'rev'); an explicit revision argument wins."""
+    repo_id, sep, rev = spec.partition("@")
+    return repo_id, (revision or (rev if sep else None))
+
+
+def resolve_model(spec: str | None, revision: str | None = None) -> ModelSource:
+    """A local checkpoint directory, or a hub id (optionally id@revision) already in the HF cache."""
+    spec = spec or DEFAULT_MODEL_ID
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return ModelSource(path=path, name=spec)
+    if path.exists():
+        raise ModelNotFoundError(f"model {spec!r} is a file: --model takes a checkpoint directory or a hub id")
+    repo_id, revision = parse_model_spec(spec, revision)
+    if not _REPO_ID.match(repo_id) or spec.startswith((".", "/", "~")):
+        raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
+                                 "(like google/siglip-base-patch16-224)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        snapshot = Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
+                                          allow_patterns=NEEDED_FILES))
+    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
+        at = f"@{revision}" if revision else ""
+        raise ModelNotFoundError(
+            f"model {repo_id}{at} is not in the Hugging Face cache: run `siglip download-weights {repo_id}"
+            f"{' --revision ' + revision if revision else ''}` first, or use --random-init for an untrained "
+            "model"
+        ) from None
+    return ModelSource(path=snapshot, name=repo_id, revision=snapshot.name)
