@@ -1,0 +1,128 @@
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from siglip_cli.errors import CheckpointError, ImageError, UsageError
+from siglip_cli.preprocess import (IMAGENET_MEAN, IMAGENET_STD, checkpoint_preprocessing, choose_preprocessing,
+                                   imagenet_preprocessing, load_image)
+
+from conftest import DATA, PHOTOS
+
+SIGLIP_PREPROCESSOR = {"do_normalize": True, "do_rescale": True, "do_resize": True, "image_mean": [0.5, 0.5, 0.5],
+                       "image_processor_type": "SiglipImageProcessor", "image_std": [0.5, 0.5, 0.5],
+                       "processor_class": "SiglipProcessor", "resample": 3,
+                       "rescale_factor": 0.00392156862745098, "size": {"height": 224, "width": 224}}
+MANIFEST = list(csv.DictReader((DATA / "manifest.tsv").open(), delimiter="\t"))
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=lambda p: p.name)
+@pytest.mark.parametrize("size", [224, 384, 45])
+def test_checkpoint_preset_equals_transformers_pil_processor(photo, size):
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    config = {**SIGLIP_PREPROCESSOR, "size": {"height": size, "width": size}}
+    ours = checkpoint_preprocessing(config, None)(load_image(photo))
+    # transformers gets the file as Pillow opens it (L, RGBA ...) and converts it itself.
+    ref = SiglipImageProcessorPil(**{k: v for k, v in config.items() if not k.endswith("_class")
+                                     and k != "image_processor_type"})
+    expected = torch.from_numpy(ref(Image.open(photo), return_tensors="np")["pixel_values"][0])
+    assert ours.shape == expected.shape == (3, size, size)
+    assert (ours - expected).abs().max().item() <= 1e-6
+    assert ours.min() >= -1.0 and ours.max() <= 1.0
+
+
+@pytest.mark.parametrize("photo", PHOTOS[:3], ids=lambda p: p.name)
+def test_imagenet_preset_equals_the_seeds_torchvision_pipeline(photo):
+    from torchvision import transforms
+
+    seeds = transforms.Compose([transforms.Resize((224, 224)), transforms.ToTensor(),
+                                transforms.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+    image = Image.open(photo).convert("RGB")
+    ours = imagenet_preprocessing(224)(load_image(photo))
+    expected = seeds(image)
+    assert ours.shape == (3, 224, 224)
+    assert (ours - expected).abs().max().item() <= 1e-6
+
+
+def test_choose_preprocessing():
+    auto_ckpt = choose_preprocessing("auto", SIGLIP_PREPROCESSOR, 224)
+    assert (auto_ckpt.preset, auto_ckpt.resample, auto_ckpt.mean, auto_ckpt.image_size) == \
+        ("checkpoint", "bicubic", (0.5, 0.5, 0.5), 224)
+    auto_none = choose_preprocessing("auto", None, 224)
+    assert (auto_none.preset, auto_none.resample, auto_none.mean, auto_none.std) == \
+        ("imagenet", "bilinear", IMAGENET_MEAN, IMAGENET_STD)
+    assert choose_preprocessing("imagenet", SIGLIP_PREPROCESSOR, 224, image_size=384).image_size == 384
+    assert choose_preprocessing("checkpoint", SIGLIP_PREPROCESSOR, 224, image_size=448).image_size == 448
+    with pytest.raises(UsageError, match="no preprocessor_config.json, so --norm checkpoint has nothing to follow"):
+        choose_preprocessing("checkpoint", None, 224, where="ckpt")
+    with pytest.raises(CheckpointError, match="not square"):
+        checkpoint_preprocessing({**SIGLIP_PREPROCESSOR, "size": {"height": 224, "width": 256}}, None)
+
+
+DECODES = [r for r in MANIFEST if r["expected"] == "decodes"]
+RAISES = [r for r in MANIFEST if r["expected"] == "raises"]
+
+
+@pytest.mark.parametrize("row", DECODES, ids=lambda r: r["file"])
+def test_odd_files_that_pillow_decodes_become_finite_rgb(row):
+    image = load_image(DATA / row["file"])
+    assert image.mode == "RGB"
+    x = imagenet_preprocessing(32)(image)
+    assert x.shape == (3, 32, 32) and torch.isfinite(x).all()
+
+
+@pytest.mark.parametrize("row", RAISES, ids=lambda r: r["file"])
+def test_broken_files_raise_image_error_with_a_reason(row):
+    path = DATA / row["file"]
+    with pytest.raises(ImageError) as e:
+        load_image(path)
+    assert e.value.path == str(path)
+    assert e.value.reason and "\n" not in str(e.value)
+
+
+def test_reasons_name_what_went_wrong(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    cases = {tmp_path / "missing.jpg": "no such file", tmp_path / "notes.txt": "not an image Pillow can read",
+             tmp_path / "empty.jpg": "not an image Pillow can read", tmp_path: "is a directory",
+             DATA / "truncated_jpeg.jpg": "cannot decode image (image file is truncated",
+             DATA / "decompression_bomb.gif": "too many pixels"}
+    for path, reason in cases.items():
+        with pytest.raises(ImageError) as e:
+            load_image(path)
+        assert e.value.reason.startswith(reason), (path, e.value.reason)
+
+
+def test_exif_orientation_is_applied():
+    assert load_image(DATA / "orientation_rectangle.jpg").size == (1, 2)  # stored 2x1, Orientation=8
+    rotated = np.asarray(load_image(DATA / "hopper_orientation_6.jpg"), dtype=float)
+    raw = np.asarray(Image.open(DATA / "hopper_orientation_6.jpg").convert("RGB"), dtype=float)
+    assert np.abs(rotated - np.rot90(raw, k=-1)).mean() < 3  # Orientation=6: rotate 90 degrees clockwise
+
+
+def test_high_bit_depth_images_are_stretched_not_clipped():
+    sixteen = np.asarray(load_image(DATA / "16bit.cropped.tif"))  # values 291..694: convert() gives all white
+    assert sixteen.min() == 0 and sixteen.max() == 255
+    floats = np.asarray(load_image(DATA / "10ct_32bit_128.tiff"))  # -3.14..3.14: convert() gives ~black
+    assert floats.min() == 0 and floats.max() == 255
+
+
+def test_transparency_is_composited_on_white():
+    la = Image.new("LA", (4, 4), (0, 0))  # black, fully transparent
+    from siglip_cli.preprocess import to_rgb
+
+    assert np.asarray(to_rgb(la)).min() == 255
+    rgba = Image.new("RGBA", (4, 4), (255, 0, 0, 255))
+    assert np.asarray(to_rgb(rgba))[0, 0].tolist() == [255, 0, 0]
+
+
+def test_cmyk_and_animated_images():
+    assert load_image(DATA / "pil_sample_cmyk.jpg").mode == "RGB"
+    first = Image.open(DATA / "chi.gif").convert("RGB")
+    assert np.array_equal(np.asarray(load_image(DATA / "chi.gif")), np.asarray(first))
+    # APNG: frame 0 is the red default image, not the green animation.
+    r, g, b = np.asarray(load_image(DATA / "apng_single_frame_default.png")).reshape(-1, 3).mean(0)
+    assert r > 200 and g < 50

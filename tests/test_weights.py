@@ -1,0 +1,187 @@
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+import siglip_cli.weights as weights
+from siglip_cli import SiglipVisionModel
+from siglip_cli.errors import CheckpointError, ModelNotFoundError
+from siglip_cli.weights import map_checkpoint_key, resolve_model
+
+from conftest import PATCH14, TINY, build_checkpoint
+
+
+@pytest.mark.parametrize("name, key", [
+    ("vision_model.encoder.layers.0.mlp.fc1.weight", "vision_model.encoder.layers.0.mlp.fc1.weight"),
+    ("encoder.layers.0.mlp.fc1.weight", "vision_model.encoder.layers.0.mlp.fc1.weight"),
+    ("head.probe", "vision_model.head.probe"),
+    ("text_model.embeddings.token_embedding.weight", None),
+    ("logit_scale", None),
+    ("logit_bias", None),
+    ("vision_model.embeddings.position_ids", None),
+    ("something.else", "something.else"),
+])
+def test_map_checkpoint_key(name, key):
+    assert map_checkpoint_key(name) == key
+
+
+def _assert_same_weights(model: SiglipVisionModel, ref: torch.nn.Module):
+    ref_state = {f"vision_model.{k}": v for k, v in ref.state_dict().items() if not k.endswith("position_ids")}
+    ours = model.state_dict()
+    assert set(ours) == set(ref_state)
+    for k, v in ref_state.items():
+        assert torch.equal(ours[k], v), k
+
+
+@pytest.mark.parametrize("layout", ["full", "vision4", "vision5"])
+@pytest.mark.parametrize("head", [True, False])
+def test_every_layout_loads_exactly(tmp_path, layout, head):
+    ref = build_checkpoint(tmp_path, TINY, layout=layout, head=head)
+    model = SiglipVisionModel.from_pretrained(str(tmp_path))
+    _assert_same_weights(model, ref)
+    assert model.has_head is head
+    assert model.preprocessor_config["resample"] == 3
+    assert model.name_or_path == str(tmp_path) and not model.training
+
+
+def test_text_tower_is_never_read_from_a_single_file(tmp_path, monkeypatch):
+    build_checkpoint(tmp_path, TINY, layout="full")
+    from safetensors import safe_open as real_safe_open
+
+    read = []
+
+    class Recording:
+        def __init__(self, *a, **k):
+            self._f = real_safe_open(*a, **k)
+
+        def __enter__(self):
+            self._inner = self._f.__enter__()
+            return self
+
+        def __exit__(self, *exc):
+            return self._f.__exit__(*exc)
+
+        def keys(self):
+            return self._inner.keys()
+
+        def get_tensor(self, name):
+            read.append(name)
+            return self._inner.get_tensor(name)
+
+    monkeypatch.setattr("safetensors.safe_open", Recording)
+    SiglipVisionModel.from_pretrained(str(tmp_path))
+    all_names = load_file(tmp_path / "model.safetensors").keys()
+    assert any(n.startswith("text_model.") for n in all_names)
+    assert read and all(n.startswith("vision_model.") for n in read)
+
+
+def test_text_only_shards_are_never_opened(patch14_full_ckpt, tmp_path):
+    src, ref = patch14_full_ckpt
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())["weight_map"]
+    shards = {}
+    for name, shard in index.items():
+        shards.setdefault(shard, set()).add(name.split(".")[0])
+    text_only = [s for s, roots in shards.items() if roots <= {"text_model", "logit_scale", "logit_bias"}]
+    assert text_only, "the fixture should put some text tensors in shards of their own"
+    for s in text_only:
+        (ckpt / s).unlink()
+    _assert_same_weights(SiglipVisionModel.from_pretrained(str(ckpt)), ref)
+
+
+def _rewrite(path, edit):
+    state = load_file(path / "model.safetensors")
+    edit(state)
+    save_file(state, path / "model.safetensors", metadata={"format": "pt"})
+
+
+def test_missing_keys_are_named(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    _rewrite(tmp_path, lambda s: s.pop("post_layernorm.weight"))
+    with pytest.raises(CheckpointError, match=r"missing keys: vision_model\.post_layernorm\.weight$"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_unexpected_keys_are_named(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    _rewrite(tmp_path, lambda s: s.update({"encoder.layers.7.extra": torch.zeros(2), "mystery": torch.zeros(1)}))
+    with pytest.raises(CheckpointError,
+                       match=r"unexpected keys: mystery, vision_model\.encoder\.layers\.7\.extra$"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_shapes_that_do_not_fit_the_config_are_named(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["intermediate_size"] = 40
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"shape mismatch: vision_model\.encoder\.layers\.0\.mlp\.fc1\.bias "
+                                              r"\[37\] \(config wants \[40\]\)"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_pickle_weights_are_never_loaded(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    state = load_file(tmp_path / "model.safetensors")
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    with pytest.raises(CheckpointError, match=r"only pickle weights \(pytorch_model\.bin\), which siglip never loads"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_truncated_safetensors_names_the_file(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    f = tmp_path / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-100])
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: truncated or corrupt safetensors file"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_naflex_checkpoint_is_refused(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "siglip2", "vision_config": {}}))
+    with pytest.raises(CheckpointError, match="NaFlex"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_directory_without_config_is_not_a_checkpoint(tmp_path):
+    with pytest.raises(CheckpointError, match="no config.json: not a Hugging Face checkpoint directory"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_unknown_model_names(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelNotFoundError, match=r"no such directory, and not a Hugging Face model id"):
+        resolve_model("./not/here")
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve_model(None)
+    msg = str(e.value)
+    assert "google/siglip-base-patch16-224 is not in the Hugging Face cache" in msg
+    assert "siglip download-weights google/siglip-base-patch16-224" in msg and "--random-init" in msg
+
+
+def test_hub_id_in_the_cache_resolves_to_its_snapshot(tmp_path, monkeypatch):
+    """The documented cache layout: models--org--name/{refs/main, snapshots/<commit>/...}."""
+    import huggingface_hub.constants as hf_constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-siglip"
+    snapshot = repo / "snapshots" / commit
+    ref = build_checkpoint(snapshot, TINY)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    source = resolve_model("acme/tiny-siglip")
+    assert (source.path, source.name, source.revision) == (snapshot, "acme/tiny-siglip", commit)
+    assert resolve_model(f"acme/tiny-siglip@{commit}").path == snapshot
+    model = SiglipVisionModel.from_pretrained("acme/tiny-siglip")
+    assert model.revision == commit
+    _assert_same_weights(model, ref)
+    with pytest.raises(ModelNotFoundError, match=r"acme/tiny-siglip@v2 is not in the Hugging Face cache: "
+                                                 r"run `siglip download-weights acme/tiny-siglip --revision v2`"):
+        resolve_model("acme/tiny-siglip@v2")
