@@ -287,9 +287,13 @@ class SiglipVisionModel(nn.Module):
         return model.eval()
 
     @classmethod
-    def from_pretrained(cls, path_or_id: str, revision: str | None = None,
-                        dtype: torch.dtype = torch.float32) -> "SiglipVisionModel":
-        """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id in the local cache."""
+    def from_pretrained(cls, path_or_id: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
+                        offline: bool = False, note=None) -> "SiglipVisionModel":
+        """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id (id@revision works too).
+
+        A hub id comes from the local cache, and is downloaded (and verified) first when it is not
+        there, unless offline=True or HF_HUB_OFFLINE=1.
+        """
         from .weights import load_model, resolve_model
 
-        return load_model(resolve_model(path_or_id, revision), dtype=dtype)
+        return load_model(resolve_model(path_or_id, revision, offline=offline, note=note), dtype=dtype)

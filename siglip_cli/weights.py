@@ -109,11 +109,14 @@ def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
     raise CheckpointError(f"{ckpt}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}: not a complete checkpoint")
 
 
-def read_vision_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
-    """The vision tensors of a checkpoint, keyed as this model's state dict; text tensors are never read."""
+def read_vision_tensors(ckpt: Path, shapes_only: bool = False) -> dict[str, torch.Tensor | tuple[int, ...]]:
+    """The vision tensors of a checkpoint keyed as this model's state dict; text tensors are never read.
+
+    shapes_only reads just the safetensors headers: the shape of every vision tensor, no data.
+    """
     from safetensors import SafetensorError, safe_open
 
-    state: dict[str, torch.Tensor] = {}
+    state: dict[str, torch.Tensor | tuple[int, ...]] = {}
     for path, names in weight_files(ckpt).items():
         if not path.is_file():
             raise CheckpointError(f"{path}: weight shard listed in {WEIGHTS_INDEX_NAME} is missing: "
@@ -123,7 +126,7 @@ def read_vision_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
                 for name in names if names is not None else f.keys():
                     key = map_checkpoint_key(name)
                     if key is not None:
-                        state[key] = f.get_tensor(name)
+                        state[key] = tuple(f.get_slice(name).get_shape()) if shapes_only else f.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e}): "
                                   "re-download the checkpoint") from None
@@ -135,13 +138,14 @@ def _name_list(keys: list[str], limit: int = 6) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, where: str) -> None:
+def check_shapes(found: dict[str, tuple[int, ...]], config: SiglipVisionConfig, where: str) -> None:
     """Strict: every key present, none extra, every shape equal to what the config implies."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k} {list(state[k].shape)} (config wants {list(expected[k])})"
-             for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != expected[k]]
+    with torch.device("meta"):
+        expected = {k: tuple(v.shape) for k, v in SiglipVisionModel(config).state_dict().items()}
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    wrong = [f"{k} {list(found[k])} (config wants {list(expected[k])})"
+             for k in sorted(set(found) & set(expected)) if tuple(found[k]) != expected[k]]
     problems = []
     if missing:
         problems.append(f"missing keys: {_name_list(missing)}")
@@ -153,14 +157,21 @@ def check_state_dict(state: dict[str, torch.Tensor], model: torch.nn.Module, whe
         raise CheckpointError(f"{where}: weights do not fit config.json: {'; '.join(problems)}")
 
 
+def check_checkpoint(ckpt: Path) -> SiglipVisionConfig:
+    """Config and safetensors headers agree (names and shapes), without reading any tensor data."""
+    config = read_config(ckpt)
+    check_shapes(read_vision_tensors(ckpt, shapes_only=True), config, str(ckpt))
+    return config
+
+
 def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> SiglipVisionModel:
     """Build the model for a checkpoint's config and load its vision weights strictly."""
     config = read_config(source.path)
-    state = read_vision_state_dict(source.path)
+    state = read_vision_tensors(source.path)
+    check_shapes({k: tuple(v.shape) for k, v in state.items()}, config, str(source.path))
     # Built on the meta device: no time spent initialising weights that are about to be replaced.
     with torch.device("meta"):
         model = SiglipVisionModel(config)
-    check_state_dict(state, model, str(source.path))
     state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.name_or_path = source.name
@@ -175,8 +186,13 @@ def parse_model_spec(spec: str, revision: str | None = None) -> tuple[str, str |
     return repo_id, (revision or (rev if sep else None))
 
 
-def resolve_model(spec: str | None, revision: str | None = None) -> ModelSource:
-    """A local checkpoint directory, or a hub id (optionally id@revision) already in the HF cache."""
+def resolve_model(spec: str | None, revision: str | None = None, *, offline: bool = False,
+                  progress: bool = True, note=None) -> ModelSource:
+    """A local checkpoint directory, or a hub id (optionally id@revision).
+
+    A hub id is looked up in the Hugging Face cache first; when it is missing it is downloaded,
+    unless offline (or HF_HUB_OFFLINE=1), in which case the error names the command to run.
+    """
     spec = spec or DEFAULT_MODEL_ID
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -187,17 +203,6 @@ def resolve_model(spec: str | None, revision: str | None = None) -> ModelSource:
     if not _REPO_ID.match(repo_id) or spec.startswith((".", "/", "~")):
         raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
                                  "(like google/siglip-base-patch16-224)")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+    from .hub import ensure_model
 
-    try:
-        snapshot = Path(snapshot_download(repo_id, revision=revision, local_files_only=True,
-                                          allow_patterns=NEEDED_FILES))
-    except (LocalEntryNotFoundError, HFValidationError, FileNotFoundError):
-        at = f"@{revision}" if revision else ""
-        raise ModelNotFoundError(
-            f"model {repo_id}{at} is not in the Hugging Face cache: run `siglip download-weights {repo_id}"
-            f"{' --revision ' + revision if revision else ''}` first, or use --random-init for an untrained "
-            "model"
-        ) from None
-    return ModelSource(path=snapshot, name=repo_id, revision=snapshot.name)
+    return ensure_model(repo_id, revision, offline=offline, progress=progress, note=note)

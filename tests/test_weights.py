@@ -185,3 +185,32 @@ def test_hub_id_in_the_cache_resolves_to_its_snapshot(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match=r"acme/tiny-siglip@v2 is not in the Hugging Face cache: "
                                                  r"run `siglip download-weights acme/tiny-siglip --revision v2`"):
         resolve_model("acme/tiny-siglip@v2")
+
+
+SIZES = {  # the released vision towers' config.json values (vision_config)
+    "base-224": dict(),
+    "base-512": dict(image_size=512),
+    "large-256": dict(hidden_size=1024, intermediate_size=4096, num_attention_heads=16, num_hidden_layers=24,
+                      image_size=256),
+    "so400m-384": dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16, num_hidden_layers=27,
+                       image_size=384, patch_size=14),
+    "so400m-224-nohead": dict(hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
+                              num_hidden_layers=27, image_size=224, patch_size=14, vision_use_head=False),
+    "siglip2-giant-384": dict(hidden_size=1536, intermediate_size=6144, num_attention_heads=16,
+                              num_hidden_layers=40, image_size=384, patch_size=16),
+}
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_every_siglip_size_has_transformers_names_and_shapes(size):
+    import transformers
+
+    from siglip_cli import SiglipVisionConfig
+
+    with torch.device("meta"):
+        ref = transformers.SiglipVisionModel(transformers.SiglipVisionConfig(**SIZES[size]))
+        ours = SiglipVisionModel(SiglipVisionConfig.from_hf_dict({"model_type": "siglip_vision_model",
+                                                                   **SIZES[size]}))
+    expected = {map_checkpoint_key(k): tuple(v.shape) for k, v in ref.state_dict().items()}
+    expected.pop(None, None)
+    assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected

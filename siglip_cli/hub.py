@@ -1,0 +1,349 @@
+"""Real weights from the Hugging Face hub: only what the tool needs, sha256-verified, resumable.
+
+Everything goes through huggingface_hub (its cache, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE and
+HF_ENDPOINT behave as everywhere in that ecosystem). huggingface_hub accepts a corrupted body of the
+right size without complaint, so every downloaded file is hashed and compared with the hub's record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from .errors import CheckpointError, ModelNotFoundError, OutputError, SiglipError
+from .weights import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
+                      check_checkpoint)
+
+
+class HubError(SiglipError):
+    """The hub refused, or could not be reached."""
+
+
+class ChecksumError(SiglipError):
+    """A downloaded file whose bytes do not hash to the hub's record."""
+
+
+@dataclass
+class Downloaded:
+    """What download_weights / verify_weights report."""
+
+    repo_id: str
+    revision: str  # the commit
+    path: Path
+    files: dict[str, int] = field(default_factory=dict)  # name -> bytes
+    full_checkpoint: bool = False  # the weights also hold the text tower
+
+    @property
+    def size(self) -> int:
+        return sum(self.files.values())
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"  # pragma: no cover
+
+
+def offline_mode(flag: bool = False) -> bool:
+    return flag or os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+
+
+def download_command(repo_id: str, revision: str | None) -> str:
+    return f"siglip download-weights {repo_id}" + (f" --revision {revision}" if revision else "")
+
+
+@contextlib.contextmanager
+def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -> Iterator[None]:
+    """huggingface_hub's and the network's exceptions -> one-line errors naming the next step."""
+    import httpx2
+    from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
+                                        LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                        RevisionNotFoundError)
+
+    from huggingface_hub import constants
+
+    rerun = download_command(repo_id, revision)
+    try:
+        yield
+    except GatedRepoError:
+        raise HubError(f"model {repo_id} is gated: accept its terms at {constants.ENDPOINT}/{repo_id}, then log "
+                       "in with `hf auth login` (or set HF_TOKEN)") from None
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"model {repo_id} not found on the Hugging Face hub: check the id (see "
+                                 "`siglip models`); for a private repository log in with `hf auth login` "
+                                 "(or set HF_TOKEN)") from None
+    except RevisionNotFoundError:
+        raise HubError(f"revision {revision!r} not found in {repo_id}: use a branch, tag or commit that exists "
+                       "(default: main)") from None
+    except EntryNotFoundError as e:
+        raise HubError(f"{repo_id}: a file listed by the hub is missing ({e}): try again later") from None
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
+        if offline_mode():
+            raise HubError(f"model {repo_id} is not in the cache and HF_HUB_OFFLINE=1 forbids downloading: "
+                           f"unset it and run `{rerun}`") from None
+        raise HubError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_first_line(e)}): check the "
+                       f"network, then run `{rerun}`") from None
+    except (httpx2.ConnectError, httpx2.ConnectTimeout) as e:
+        raise HubError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_first_line(e)}): check the "
+                       f"network, then run `{rerun}`") from None
+    except (httpx2.TransportError, HfHubHTTPError) as e:
+        raise HubError(f"download of {repo_id} was cut off ({_first_line(e)}): run `{rerun}` again to resume; "
+                       "nothing partial is left in the cache") from None
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            where = target or Path(constants.HF_HUB_CACHE)
+            raise OutputError(f"disk full while downloading {repo_id} to {where}: free some space or pass "
+                              "--cache-dir on a bigger disk, then run the command again") from None
+        raise
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def _git_blob_sha1(path: Path) -> str:
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def select_files(repo_id: str, names: list[str]) -> list[str]:
+    """The files the tool downloads from a repository listing; refuses repositories without safetensors."""
+    import fnmatch
+
+    wanted = sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in NEEDED_FILES))
+    if WEIGHTS_NAME not in wanted and WEIGHTS_INDEX_NAME not in wanted:
+        pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
+        other = f" (only {', '.join(pickles)})" if pickles else ""
+        raise CheckpointError(f"{repo_id} has no safetensors weights{other}: siglip never unpickles weights; "
+                              "choose a repository with model.safetensors (see `siglip models`)")
+    if "config.json" not in wanted:
+        raise CheckpointError(f"{repo_id} has no config.json: not a Hugging Face SigLIP checkpoint")
+    return wanted
+
+
+def _discard(path: Path) -> None:
+    """Remove a bad download: the cache's symlink and the blob behind it (or a local-dir file)."""
+    blob = path.resolve()
+    for p in {path, blob}:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+
+
+def verify_files(repo_id: str, folder: Path, expected: dict[str, str]) -> None:
+    """Each file hashes to the hub's record: sha256 for LFS files (64 hex), git blob sha1 otherwise."""
+    for name, want in sorted(expected.items()):
+        path = folder / name
+        if not path.is_file():
+            raise ChecksumError(f"{repo_id}: {name} is missing from {folder}: run "
+                                f"`siglip download-weights {repo_id}` again")
+        got = sha256_file(path) if len(want) == 64 else _git_blob_sha1(path)
+        if got != want:
+            _discard(path)
+            raise ChecksumError(f"{repo_id}: {name} is corrupt (sha256 {got[:12]}..., the hub says {want[:12]}...); "
+                                f"the bad file was removed: run `siglip download-weights {repo_id}` again")
+
+
+def _is_full_checkpoint(folder: Path) -> bool:
+    try:
+        return "text_config" in json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path | None = None,
+                     local_dir: Path | None = None, progress: bool = True, note=None) -> Downloaded:
+    """Download what the tool needs of a SigLIP repository, verify it, and check it loads.
+
+    note(message) is called with remarks for the user (e.g. that the text tower comes along).
+    """
+    from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+    target = local_dir or cache_dir
+    with hub_errors(repo_id, revision, target):
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+        siblings = {s.rfilename: s for s in info.siblings or []}
+        files = select_files(repo_id, list(siblings))
+        commit = info.sha
+        config_path = Path(hf_hub_download(repo_id, "config.json", revision=commit, cache_dir=cache_dir,
+                                           local_dir=local_dir))
+        full = _is_full_checkpoint(config_path.parent)
+        if full and note is not None:
+            weights = sum(siblings[f].size or 0 for f in files if f.endswith(".safetensors"))
+            note(f"{repo_id} is a full SigLIP checkpoint: its weights ({human_size(weights)}) also hold the text "
+                 "tower, which the hub cannot serve separately; siglip never loads it")
+        with rich_progress(progress) as bar_class:
+            folder = Path(snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, local_dir=local_dir,
+                                            allow_patterns=files, tqdm_class=bar_class))
+    expected = {}
+    for name in files:
+        s = siblings[name]
+        expected[name] = s.lfs.sha256 if s.lfs is not None else s.blob_id
+    verify_files(repo_id, folder, {k: v for k, v in expected.items() if v})
+    check_checkpoint(folder)
+    return Downloaded(repo_id, commit, folder, {f: (folder / f).stat().st_size for f in files}, full)
+
+
+def _cached_folder(repo_id: str, revision: str | None, cache_dir: Path | None, local_dir: Path | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    if local_dir is not None:
+        if not (Path(local_dir) / "config.json").is_file():
+            raise ModelNotFoundError(f"{local_dir} holds no downloaded checkpoint: run "
+                                     f"`{download_command(repo_id, revision)} --local-dir {local_dir}`")
+        return Path(local_dir)
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
+                                      allow_patterns=NEEDED_FILES))
+    except (LocalEntryNotFoundError, FileNotFoundError):
+        raise ModelNotFoundError(f"model {repo_id}{'@' + revision if revision else ''} is not in the Hugging Face "
+                                 f"cache: run `{download_command(repo_id, revision)}`") from None
+
+
+def _recorded_hashes(folder: Path, names: list[str], local_dir: Path | None) -> dict[str, str]:
+    """The hub's hashes as recorded at download time, read without the network.
+
+    In the cache, a file's blob is named by the ETag the hub sent (an LFS file's sha256); in a
+    --local-dir, huggingface_hub keeps it in .cache/huggingface/download/<name>.metadata.
+    """
+    out = {}
+    for name in names:
+        if local_dir is not None:
+            meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+            lines = meta.read_text().splitlines() if meta.is_file() else []
+            etag = lines[1].strip() if len(lines) > 1 else ""
+        else:
+            etag = (folder / name).resolve().name
+        if len(etag) in (40, 64) and all(c in "0123456789abcdef" for c in etag):
+            out[name] = etag
+    return out
+
+
+def verify_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path | None = None,
+                   local_dir: Path | None = None) -> Downloaded:
+    """--verify: re-hash a downloaded model against the hub's recorded hashes and re-check its headers."""
+    folder = _cached_folder(repo_id, revision, cache_dir, local_dir)
+    names = sorted(str(p.relative_to(folder)) for p in folder.iterdir() if p.is_file())
+    select_files(repo_id, names)
+    hashes = _recorded_hashes(folder, [n for n in names if n.endswith(".safetensors")], local_dir)
+    weights = [n for n in names if n.endswith(".safetensors")]
+    unrecorded = sorted(set(weights) - set(hashes))
+    if unrecorded:
+        raise ChecksumError(f"{repo_id}: no recorded hash for {', '.join(unrecorded)}: run "
+                            f"`{download_command(repo_id, revision)}` again")
+    verify_files(repo_id, folder, hashes)
+    check_checkpoint(folder)
+    commit = folder.name if local_dir is None else _local_commit(local_dir, names)
+    return Downloaded(repo_id, commit, folder, {n: (folder / n).stat().st_size for n in names},
+                      _is_full_checkpoint(folder))
+
+
+def _local_commit(local_dir: Path, names: list[str]) -> str:
+    meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{names[0]}.metadata"
+    lines = meta.read_text().splitlines() if meta.is_file() else []
+    return lines[0].strip() if lines else "unknown"
+
+
+def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, progress: bool = True,
+                 note=None) -> ModelSource:
+    """A hub model from the cache, downloading it first when it is missing and downloading is allowed."""
+    try:
+        folder = _cached_folder(repo_id, revision, None, None)
+        return ModelSource(path=folder, name=repo_id, revision=folder.name)
+    except ModelNotFoundError:
+        if offline_mode(offline):
+            raise ModelNotFoundError(
+                f"model {repo_id}{'@' + revision if revision else ''} is not in the Hugging Face cache and "
+                f"downloads are off ({'--offline' if offline else 'HF_HUB_OFFLINE=1'}): run "
+                f"`{download_command(repo_id, revision)}` first, or use --random-init for an untrained model"
+            ) from None
+    if note is not None:
+        note(f"{repo_id} is not in the cache: downloading it")
+    done = download_weights(repo_id, revision, progress=progress, note=note)
+    return ModelSource(path=done.path, name=repo_id, revision=done.revision)
+
+
+@contextlib.contextmanager
+def rich_progress(enabled: bool) -> Iterator[type]:
+    """A tqdm-shaped class for huggingface_hub whose bars are tasks of one rich Progress on stderr."""
+    from rich.console import Console
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    console = Console(stderr=True)
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=console, transient=True,
+                        disable=not enabled or not console.is_terminal)
+
+    class Bar:
+        """The part of tqdm's interface huggingface_hub uses."""
+
+        def __init__(self, *args, desc: str = "", total: float | None = None, initial: float = 0, unit: str = "",
+                     **kwargs):
+            self.n = initial
+            self._total = total or 0
+            # Bytes received and bytes written are the same for plain HTTP: show one bar of bytes.
+            visible = unit == "B" and not desc.startswith("Downloading bytes")
+            self._task = progress.add_task("downloading", total=self._total or None, completed=initial,
+                                           visible=visible)
+
+        @property
+        def total(self):
+            return self._total
+
+        @total.setter
+        def total(self, value):
+            self._total = value
+            progress.update(self._task, total=value or None)
+
+        @property
+        def format_dict(self) -> dict:
+            return {"rate": None}
+
+        def update(self, n: float | None = 1) -> None:
+            self.n += n or 0
+            progress.update(self._task, completed=self.n)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc) -> None:
+            self.close()
+
+        def close(self) -> None:
+            pass
+
+        def refresh(self, *a, **k) -> None:
+            pass
+
+        def set_postfix_str(self, *a, **k) -> None:
+            pass
+
+        def set_description(self, *a, **k) -> None:
+            pass
+
+        def set_description_str(self, *a, **k) -> None:
+            pass
+
+    with progress:
+        yield Bar
