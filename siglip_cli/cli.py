@@ -94,8 +94,10 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback
                                         callback=_set_debug, is_eager=True)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", show_default=False,
-    help="A local checkpoint directory, or a hub id (id or id@revision) in the Hugging Face cache. "
-         "Default: google/siglip-base-patch16-224 from the cache.")]
+    help="A local checkpoint directory, or a hub id (id or id@revision): taken from the Hugging Face cache, "
+         "downloaded first when missing. Default: google/siglip-base-patch16-224.")]
+OfflineOpt = Annotated[bool, typer.Option(
+    "--offline", help="Never download: use only local directories and the cache (as HF_HUB_OFFLINE=1).")]
 RandomInitOpt = Annotated[bool, typer.Option(
     "--random-init", help="Use the seeded, untrained base model (offline smoke runs, learning): its numbers mean "
                           "nothing.")]
@@ -138,6 +140,7 @@ def embed(
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    offline: OfflineOpt = False,
     debug: DebugOpt = False,
 ) -> None:
     """Embed images with a SigLIP vision model and write the embeddings to a file.
@@ -165,7 +168,7 @@ def embed(
 
         load_image(inputs[0])  # raises the reason the first input cannot be read
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
-                             image_size=image_size, device=device.value)
+                             image_size=image_size, device=device.value, offline=offline, note=_note)
     if random_init:
         _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
              "Use --model with a real checkpoint for meaningful ones.")
@@ -195,6 +198,99 @@ def embed(
     _err(summary + (f", {failed} failed" if failed else ""))
     if failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+@app.command("download-weights", epilog=EXIT_CODES_HELP)
+def download_weights(
+    model_id: Annotated[str, typer.Argument(help="Hub id, optionally id@revision.")] = "google/siglip-base-patch16-224",
+    revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).",
+                                                    show_default=False)] = None,
+    local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Download into this folder instead of "
+                                                      "the cache.", show_default=False)] = None,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Hugging Face cache folder (default: "
+                                                      "HF_HUB_CACHE, or ~/.cache/huggingface/hub).",
+                                                      show_default=False)] = None,
+    verify: Annotated[bool, typer.Option("--verify", help="Re-check an already downloaded model (sha256 and "
+                                         "tensor shapes) without downloading.")] = False,
+    debug: DebugOpt = False,
+) -> None:
+    """Download a SigLIP checkpoint from the Hugging Face hub, verified.
+
+    Fetches only config.json, preprocessor_config.json and the safetensors weights (never tokenizers,
+    pickles or other frameworks' files), checks each weight file's sha256 against the hub's record and
+    the tensor shapes against the config, then prints what it stored. HF_TOKEN, HF_HOME, HF_ENDPOINT
+    and HF_HUB_OFFLINE are honoured.
+
+    Examples:
+
+      siglip download-weights
+
+      siglip download-weights google/siglip-so400m-patch14-384
+
+      siglip download-weights google/siglip-base-patch16-224 --verify
+    """
+    from .hub import download_weights as download, human_size, verify_weights
+    from .weights import parse_model_spec
+
+    repo_id, revision = parse_model_spec(model_id, revision)
+    if verify:
+        done = verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir)
+        _err(f"verified: every weight file matches its recorded sha256 and config.json")
+    else:
+        done = download(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir, note=_note)
+    lines = [f"model:    {done.repo_id}", f"revision: {done.revision}", f"path:     {done.path}",
+             f"size:     {human_size(done.size)} in {len(done.files)} files"]
+    if done.full_checkpoint:
+        lines.append("note:     a full SigLIP checkpoint: the weights also hold the text tower (not loaded)")
+    typer.echo("\n".join(lines))
+
+
+@app.command("models")
+def models(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Hugging Face cache folder to look in.",
+                                                      show_default=False)] = None,
+    debug: DebugOpt = False,
+) -> None:
+    """List the known SigLIP and SigLIP 2 fixed-resolution checkpoints, and which are in the local cache.
+
+    Download sizes are estimates: the full checkpoint (vision and text towers, float32).
+
+    Examples:
+
+      siglip models
+
+      siglip models --json
+    """
+    from .catalog import model_rows
+    from .hub import human_size
+
+    rows = model_rows(cache_dir)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, collapse_padding=True)
+    for name, justify in (("model", "left"), ("width", "right"), ("depth", "right"), ("patch", "right"),
+                          ("px", "right"), ("params", "right"), ("download", "right"), ("cached", "left")):
+        table.add_column(name, justify=justify, no_wrap=True)
+    for r in rows:
+        table.add_row(r["id"], str(r["width"]), str(r["depth"]), str(r["patch"]), str(r["resolution"]),
+                      f"{r['vision_params'] / 1e6:.0f}M", "~" + human_size(r["download_bytes"]),
+                      "yes" if r["cached"] else "")
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=120)  # piped to a file or another program: never cut a model id
+    console.print(table)
+    typer.echo("params: vision tower; download: full checkpoint (both towers, float32), estimated")
+
+
+def _note(message: str) -> None:
+    _err(message)
 
 
 def main() -> None:

@@ -64,9 +64,10 @@ class Embedder:
 
     @classmethod
     def load(cls, model: str | None = None, *, random_init: bool = False, pool: str = "none",
-             norm: str = "auto", image_size: int | None = None, device: str = "auto") -> "Embedder":
-        """A hub id or checkpoint directory (default google/siglip-base-patch16-224 from the cache),
-        or the seeded untrained base model with random_init=True."""
+             norm: str = "auto", image_size: int | None = None, device: str = "auto", offline: bool = False,
+             note=None) -> "Embedder":
+        """A hub id or checkpoint directory (default google/siglip-base-patch16-224, downloaded into the
+        Hugging Face cache when missing unless offline), or the seeded untrained base model."""
         if random_init and model:
             raise UsageError("use either --model or --random-init, not both")
         if image_size is not None and image_size <= 0:
@@ -74,7 +75,7 @@ class Embedder:
         if random_init:
             net = SiglipVisionModel.random_init()
         else:
-            net = SiglipVisionModel.from_pretrained(model or DEFAULT_MODEL_ID)
+            net = SiglipVisionModel.from_pretrained(model or DEFAULT_MODEL_ID, offline=offline, note=note)
         if image_size is not None:
             check_image_size(image_size, net.config)
         prep = choose_preprocessing(norm, net.preprocessor_config, net.config.image_size, image_size,

@@ -16,13 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError, ModelNotFoundError, OutputError, SiglipError
+from .errors import CheckpointError, ModelNotFoundError, SiglipError
 from .weights import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
                       check_checkpoint)
 
 
 class HubError(SiglipError):
     """The hub refused, or could not be reached."""
+
+
+class HubUnreachableError(HubError):
+    """No network path to the hub (or offline mode) and nothing usable in the cache."""
 
 
 class ChecksumError(SiglipError):
@@ -66,7 +70,7 @@ def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -
     import httpx2
     from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError,
                                         LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
-                                        RevisionNotFoundError)
+                                        RevisionNotFoundError, RevisionResolutionError)
 
     from huggingface_hub import constants
 
@@ -85,24 +89,32 @@ def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -
                        "(default: main)") from None
     except EntryNotFoundError as e:
         raise HubError(f"{repo_id}: a file listed by the hub is missing ({e}): try again later") from None
-    except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:
+    except (OfflineModeIsEnabled, LocalEntryNotFoundError, RevisionResolutionError,
+            httpx2.ConnectError, httpx2.ConnectTimeout) as e:
+        # RevisionResolutionError: the hub could not be reached (or offline mode) and no ref was cached.
         if offline_mode():
-            raise HubError(f"model {repo_id} is not in the cache and HF_HUB_OFFLINE=1 forbids downloading: "
-                           f"unset it and run `{rerun}`") from None
-        raise HubError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_first_line(e)}): check the "
-                       f"network, then run `{rerun}`") from None
-    except (httpx2.ConnectError, httpx2.ConnectTimeout) as e:
-        raise HubError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_first_line(e)}): check the "
-                       f"network, then run `{rerun}`") from None
+            raise HubUnreachableError(f"model {repo_id} is not in the cache and HF_HUB_OFFLINE=1 forbids "
+                                      f"downloading: unset it and run `{rerun}`") from None
+        raise HubUnreachableError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_root_cause(e)}): "
+                                  f"check the network, then run `{rerun}`") from None
     except (httpx2.TransportError, HfHubHTTPError) as e:
         raise HubError(f"download of {repo_id} was cut off ({_first_line(e)}): run `{rerun}` again to resume; "
                        "nothing partial is left in the cache") from None
     except OSError as e:
         if e.errno == errno.ENOSPC:
             where = target or Path(constants.HF_HUB_CACHE)
-            raise OutputError(f"disk full while downloading {repo_id} to {where}: free some space or pass "
+            raise HubError(f"disk full while downloading {repo_id} to {where}: free some space or pass "
                               "--cache-dir on a bigger disk, then run the command again") from None
         raise
+
+
+def _root_cause(e: BaseException) -> str:
+    """The innermost exception of a chain, e.g. 'ConnectError: [Errno 111] Connection refused'."""
+    seen = set()
+    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return f"{type(e).__name__}: {_first_line(e)}"
 
 
 def _first_line(e: BaseException) -> str:
@@ -180,11 +192,14 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
 
     target = local_dir or cache_dir
     with hub_errors(repo_id, revision, target):
-        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+        api = HfApi()
+        # Resolved once (and recorded in the cache's refs/), so every file comes from the same commit.
+        resolved = api.resolve_revision(repo_id, revision=revision, cache_dir=cache_dir)
+        commit = resolved.resolved
+        info = api.model_info(repo_id, revision=commit, files_metadata=True)
         siblings = {s.rfilename: s for s in info.siblings or []}
         files = select_files(repo_id, list(siblings))
-        commit = info.sha
-        config_path = Path(hf_hub_download(repo_id, "config.json", revision=commit, cache_dir=cache_dir,
+        config_path = Path(hf_hub_download(repo_id, "config.json", revision=resolved, cache_dir=cache_dir,
                                            local_dir=local_dir))
         full = _is_full_checkpoint(config_path.parent)
         if full and note is not None:
@@ -192,7 +207,7 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
             note(f"{repo_id} is a full SigLIP checkpoint: its weights ({human_size(weights)}) also hold the text "
                  "tower, which the hub cannot serve separately; siglip never loads it")
         with rich_progress(progress) as bar_class:
-            folder = Path(snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, local_dir=local_dir,
+            folder = Path(snapshot_download(repo_id, revision=resolved, cache_dir=cache_dir, local_dir=local_dir,
                                             allow_patterns=files, tqdm_class=bar_class))
     expected = {}
     for name in files:
@@ -279,7 +294,10 @@ def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, p
             ) from None
     if note is not None:
         note(f"{repo_id} is not in the cache: downloading it")
-    done = download_weights(repo_id, revision, progress=progress, note=note)
+    try:
+        done = download_weights(repo_id, revision, progress=progress, note=note)
+    except HubUnreachableError as e:
+        raise HubUnreachableError(f"{e}, or use --random-init for an untrained model") from None
     return ModelSource(path=done.path, name=repo_id, revision=done.revision)
 
 

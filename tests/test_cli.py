@@ -93,12 +93,14 @@ def _error_cases(tiny_ckpt: Path, nohead: Path, tmp: Path):
         "truncated jpeg": ([str(Path(__file__).parent / "data" / "truncated_jpeg.jpg"), "--model", str(tiny_ckpt)],
                            1, "cannot decode image (image file is truncated"),
         "unknown model": ([photo, "--model", "acme/no-such-model"], 2,
-                          "Error: model acme/no-such-model is not in the Hugging Face cache: "
-                          "run `siglip download-weights acme/no-such-model` first, or use --random-init"),
+                          "Error: model acme/no-such-model is not in the Hugging Face cache and downloads are off "
+                          "(HF_HUB_OFFLINE=1): run `siglip download-weights acme/no-such-model` first, or use "
+                          "--random-init"),
         "default model not cached": ([photo], 2,
-                                     "Error: model google/siglip-base-patch16-224 is not in the Hugging Face cache: "
-                                     "run `siglip download-weights google/siglip-base-patch16-224` first, "
-                                     "or use --random-init for an untrained model"),
+                                     "Error: model google/siglip-base-patch16-224 is not in the Hugging Face cache "
+                                     "and downloads are off (HF_HUB_OFFLINE=1): run `siglip download-weights "
+                                     "google/siglip-base-patch16-224` first, or use --random-init for an untrained "
+                                     "model"),
         "bad local path": ([photo, "--model", "./nowhere/ckpt"], 2,
                            "Error: model './nowhere/ckpt': no such directory, and not a Hugging Face model id"),
         "unwritable output": ([photo, "--random-init", "-o", str(tmp / "afile" / "x.npy")], 2,

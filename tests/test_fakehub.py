@@ -174,3 +174,39 @@ def test_directory_repo_and_request_sequence(hub, tmp_path):
         ("HEAD", f"/{REPO}/resolve/{sha}/sub/w.bin"),
         ("GET", f"/{REPO}/resolve/{sha}/sub/w.bin"),
     ]
+
+
+def test_raw_http_headers_and_ranges(hub, repo):
+    """The wire format itself: headers huggingface_hub reads, 206 ranges, errors on HEAD, no Xet headers."""
+    import urllib.error
+    import urllib.request
+
+    def fetch(path, method="GET", **headers):
+        req = urllib.request.Request(hub.url + path, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(req) as r:
+                return r.status, r.headers, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.headers, e.read()
+
+    url = f"/{REPO}/resolve/main/model.safetensors"
+    status, headers, body = fetch(url, "HEAD")
+    assert (status, body) == (200, b"")
+    assert headers["X-Repo-Commit"] == repo and headers["Content-Length"] == str(len(WEIGHTS))
+    assert headers["X-Linked-Etag"] == headers["ETag"] == f'"{hashlib.sha256(WEIGHTS).hexdigest()}"'
+    assert headers["X-Linked-Size"] == str(len(WEIGHTS)) and headers["Accept-Ranges"] == "bytes"
+    assert not [k for k in headers if k.lower().startswith("x-xet")]
+    status, headers, body = fetch(url, Range="bytes=100-")
+    assert (status, body, headers["Content-Range"]) == (206, WEIGHTS[100:], f"bytes 100-{len(WEIGHTS) - 1}/{len(WEIGHTS)}")
+    status, headers, body = fetch(url, Range="bytes=10-19")
+    assert (status, body, headers["Content-Range"]) == (206, WEIGHTS[10:20], f"bytes 10-19/{len(WEIGHTS)}")
+    assert fetch(url, Range=f"bytes={len(WEIGHTS)}-")[0] == 416
+    status, headers, _ = fetch(f"/{REPO}/resolve/main/config.json", "HEAD")
+    assert "X-Linked-Etag" not in headers
+    assert headers["ETag"] == '"%s"' % hashlib.sha1(b"blob %d\0" % len(CONFIG) + CONFIG).hexdigest()
+    for path, code, status in [(f"/{REPO}/resolve/main/nope.txt", "EntryNotFound", 404),
+                               (f"/{REPO}/resolve/v9/config.json", "RevisionNotFound", 404),
+                               ("/google/nope/resolve/main/config.json", "RepoNotFound", 404)]:
+        for method in ("HEAD", "GET"):
+            got, headers, _ = fetch(path, method)
+            assert (got, headers["X-Error-Code"]) == (status, code), (method, path)

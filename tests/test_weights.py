@@ -159,9 +159,9 @@ def test_unknown_model_names(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match=r"no such directory, and not a Hugging Face model id"):
         resolve_model("./not/here")
     with pytest.raises(ModelNotFoundError) as e:
-        resolve_model(None)
+        resolve_model(None, offline=True)
     msg = str(e.value)
-    assert "google/siglip-base-patch16-224 is not in the Hugging Face cache" in msg
+    assert "google/siglip-base-patch16-224 is not in the Hugging Face cache and downloads are off (--offline)" in msg
     assert "siglip download-weights google/siglip-base-patch16-224" in msg and "--random-init" in msg
 
 
@@ -182,9 +182,10 @@ def test_hub_id_in_the_cache_resolves_to_its_snapshot(tmp_path, monkeypatch):
     model = SiglipVisionModel.from_pretrained("acme/tiny-siglip")
     assert model.revision == commit
     _assert_same_weights(model, ref)
-    with pytest.raises(ModelNotFoundError, match=r"acme/tiny-siglip@v2 is not in the Hugging Face cache: "
-                                                 r"run `siglip download-weights acme/tiny-siglip --revision v2`"):
-        resolve_model("acme/tiny-siglip@v2")
+    with pytest.raises(ModelNotFoundError, match=r"acme/tiny-siglip@v2 is not in the Hugging Face cache and "
+                                                 r"downloads are off \(--offline\): run "
+                                                 r"`siglip download-weights acme/tiny-siglip --revision v2`"):
+        resolve_model("acme/tiny-siglip@v2", offline=True)
 
 
 SIZES = {  # the released vision towers' config.json values (vision_config)

@@ -1,0 +1,291 @@
+"""download-weights, auto-download and model resolution against a fake hub on 127.0.0.1 (no real network).
+
+huggingface_hub reads HF_ENDPOINT and HF_HUB_OFFLINE at import, so these tests run the real CLI in
+subprocesses with the environment set.
+"""
+
+import errno
+import json
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import PATCH14, PHOTOS, TINY, build_checkpoint, run_cli
+from fakehub import FakeHub
+
+JUNK = {"tokenizer.json": b"{}", "spiece.model": b"x" * 100, "pytorch_model.bin": b"pickle" * 100,
+        "tf_model.h5": b"h5" * 100, "flax_model.msgpack": b"m" * 100, "onnx/model.onnx": b"o" * 100,
+        "README.md": b"# model card"}
+
+
+def checkpoint_files(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hubrepos")
+    build_checkpoint(root / "tiny", TINY)
+    build_checkpoint(root / "full", PATCH14, layout="full", shard_size="20KB")
+    tiny = checkpoint_files(root / "tiny")
+    with FakeHub() as h:
+        h.tiny_commit = h.add_repo("acme/siglip-tiny", {**tiny, **JUNK})
+        h.add_repo("acme/siglip-tiny", {**tiny, "README.md": b"v2"}, revision="v2")
+        h.add_repo("acme/siglip-full", root / "full")
+        h.add_repo("acme/gated-siglip", tiny, gated=True)
+        h.add_repo("acme/pickle-only", {"config.json": tiny["config.json"], "pytorch_model.bin": b"p" * 1000})
+        truncated = tiny["model.safetensors"][:-64]
+        h.add_repo("acme/truncated", {**tiny, "model.safetensors": truncated})
+        cfg = json.loads(tiny["config.json"])
+        h.add_repo("acme/mismatch", {**tiny, "config.json": json.dumps({**cfg, "intermediate_size": 40}).encode()})
+        h.add_repo("acme/clip", {**tiny, "config.json": json.dumps({"model_type": "clip"}).encode()})
+        h.add_repo("acme/naflex", {**tiny, "config.json": json.dumps({"model_type": "siglip2"}).encode()})
+        h.add_repo("acme/cut", tiny)
+        h.add_repo("acme/corrupt", tiny)
+        yield h
+
+
+def hub_env(hub: FakeHub, tmp: Path, **extra) -> dict:
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp / "cache"), "HF_HOME": str(tmp / "hfhome"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "HF_TOKEN": "", "HF_HUB_ETAG_TIMEOUT": "5",
+           "HF_HUB_DOWNLOAD_TIMEOUT": "5"}
+    return {**env, **extra}
+
+
+def snapshot_files(tmp: Path, repo: str) -> list[str]:
+    snaps = list((tmp / "cache" / f"models--{repo.replace('/', '--')}" / "snapshots").iterdir())
+    assert len(snaps) == 1
+    return sorted(str(p.relative_to(snaps[0])) for p in snaps[0].rglob("*") if p.is_file())
+
+
+def blobs(tmp: Path, repo: str) -> list[Path]:
+    folder = tmp / "cache" / f"models--{repo.replace('/', '--')}" / "blobs"
+    return sorted(folder.iterdir()) if folder.is_dir() else []
+
+
+def test_download_fetches_only_what_it_needs_then_embed_runs_offline(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    proc = run_cli("download-weights", "acme/siglip-tiny", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert snapshot_files(tmp_path, "acme/siglip-tiny") == ["config.json", "model.safetensors",
+                                                            "preprocessor_config.json"]
+    fetched = {path for method, path in hub.requests if method == "GET" and "/resolve/" in path}
+    assert not any(name in p for p in fetched for name in JUNK)
+    lines = dict(line.split(":", 1) for line in proc.stdout.strip().splitlines())
+    assert lines["model"].strip() == "acme/siglip-tiny"
+    assert lines["revision"].strip() == hub.tiny_commit
+    assert lines["path"].strip().endswith(f"snapshots/{hub.tiny_commit}")
+    assert lines["size"].strip().endswith("in 3 files")
+
+    before = len(hub.requests)
+    out = tmp_path / "cat.safetensors"
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", "acme/siglip-tiny", "-o", str(out),
+                   env=hub_env(hub, tmp_path, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert len(hub.requests) == before  # offline: not a single request
+    from siglip_cli.writers import read_embeddings
+
+    array, meta = read_embeddings(out)
+    assert array.shape == (16, 32)
+    assert (meta["model"], meta["revision"], meta["norm"]) == ("acme/siglip-tiny", hub.tiny_commit, "checkpoint")
+
+    proc = run_cli("download-weights", "acme/siglip-tiny", "--verify", env=hub_env(hub, tmp_path, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert "verified" in proc.stderr and hub.tiny_commit in proc.stdout
+    assert len(hub.requests) == before
+
+
+def test_first_embed_downloads_automatically_and_a_pinned_revision_makes_no_request(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    out = tmp_path / "a.npy"
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", "acme/siglip-tiny", "-o", str(out), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "acme/siglip-tiny is not in the cache: downloading it" in proc.stderr
+    assert np.load(out).shape == (16, 32)
+    before = len(hub.requests)
+    pinned = f"acme/siglip-tiny@{hub.tiny_commit}"
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", pinned, "-o", str(tmp_path / "b.npy"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert len(hub.requests) == before
+    assert np.array_equal(np.load(tmp_path / "b.npy"), np.load(out))
+
+
+def test_revision_downloads_that_commit(hub, tmp_path):
+    proc = run_cli("download-weights", "acme/siglip-tiny@v2", env=hub_env(hub, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert hub.tiny_commit not in proc.stdout
+    refs = tmp_path / "cache" / "models--acme--siglip-tiny" / "refs" / "v2"
+    assert refs.read_text() in proc.stdout
+
+
+def test_full_checkpoint_says_the_text_tower_comes_along(hub, tmp_path):
+    proc = run_cli("download-weights", "acme/siglip-full", env=hub_env(hub, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert "is a full SigLIP checkpoint: its weights" in proc.stderr
+    assert "which the hub cannot serve separately" in proc.stderr
+    assert "text tower" in proc.stdout
+    files = snapshot_files(tmp_path, "acme/siglip-full")
+    assert "model.safetensors.index.json" in files and len([f for f in files if f.startswith("model-0")]) > 2
+
+
+def _fails(args, env, code, message):
+    proc = run_cli(*args, env=env)
+    assert proc.returncode == code, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1, proc.stderr
+    assert message in errors[0]
+    assert "Traceback" not in proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("repo, message", [
+    ("acme/no-such-model", "model acme/no-such-model not found on the Hugging Face hub: check the id"),
+    ("acme/gated-siglip", "model acme/gated-siglip is gated: accept its terms at"),
+    ("acme/siglip-tiny@nope", "revision 'nope' not found in acme/siglip-tiny"),
+    ("acme/pickle-only", "acme/pickle-only has no safetensors weights (only pytorch_model.bin): siglip never "
+                         "unpickles weights"),
+    ("acme/truncated", "model.safetensors: truncated or corrupt safetensors file"),
+    ("acme/mismatch", "weights do not fit config.json: shape mismatch: vision_model.encoder.layers.0.mlp.fc1.bias"),
+    ("acme/clip", "unsupported architecture model_type='clip'"),
+    ("acme/naflex", "SigLIP 2 NaFlex checkpoints (model_type 'siglip2') are not supported"),
+])
+def test_hub_errors_are_one_line_with_exit_2(hub, tmp_path, repo, message):
+    _fails(["download-weights", repo], hub_env(hub, tmp_path), 2, message)
+
+
+def test_gated_repo_works_with_a_token(hub, tmp_path):
+    proc = run_cli("download-weights", "acme/gated-siglip", env=hub_env(hub, tmp_path, HF_TOKEN=hub.token))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_offline_with_an_empty_cache_names_the_command(hub, tmp_path):
+    for extra, env in ((["--offline"], hub_env(hub, tmp_path)), ([], hub_env(hub, tmp_path, HF_HUB_OFFLINE="1"))):
+        _fails(["embed", str(PHOTOS[0]), "--model", "acme/siglip-tiny", "-o", str(tmp_path / "x.npy"), *extra], env,
+               2, "model acme/siglip-tiny is not in the Hugging Face cache and downloads are off")
+    err = _fails(["download-weights", "acme/siglip-tiny"], hub_env(hub, tmp_path, HF_HUB_OFFLINE="1"), 2,
+                 "HF_HUB_OFFLINE=1 forbids downloading")
+    assert "`siglip download-weights acme/siglip-tiny`" in err
+    assert not (tmp_path / "x.npy").exists()
+
+
+def test_network_unreachable(hub, tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{s.getsockname()[1]}"
+    env = hub_env(hub, tmp_path, HF_ENDPOINT=closed)
+    _fails(["download-weights", "acme/siglip-tiny"], env, 2, f"cannot reach the Hugging Face hub at {closed}")
+    err = _fails(["embed", str(PHOTOS[0]), "-o", str(tmp_path / "x.npy")], env, 2,
+                 "cannot reach the Hugging Face hub")
+    assert "`siglip download-weights google/siglip-base-patch16-224`, or use --random-init" in err
+
+
+def test_a_download_cut_off_resumes_and_leaves_nothing_corrupt(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    hub.cut_file("acme/cut", "model.safetensors", after_bytes=5000, times=6)  # huggingface_hub retries 5 times
+    err = _fails(["download-weights", "acme/cut"], env, 2, "download of acme/cut was cut off")
+    assert "run `siglip download-weights acme/cut` again to resume" in err
+    snaps = tmp_path / "cache" / "models--acme--cut" / "snapshots"
+    assert not list(snaps.rglob("model.safetensors"))  # nothing half-written is visible
+    proc = run_cli("download-weights", "acme/cut", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert not [b for b in blobs(tmp_path, "acme/cut") if b.name.endswith(".incomplete")]
+    proc = run_cli("download-weights", "acme/cut", "--verify", env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_a_corrupted_body_of_the_right_size_is_caught_and_removed(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    hub.corrupt_file("acme/corrupt", "model.safetensors")
+    err = _fails(["download-weights", "acme/corrupt"], env, 2, "acme/corrupt: model.safetensors is corrupt (sha256")
+    assert "the bad file was removed" in err
+    assert not list((tmp_path / "cache" / "models--acme--corrupt").rglob("model.safetensors"))
+    assert all(b.stat().st_size < 1000 for b in blobs(tmp_path, "acme/corrupt"))  # only the small json files
+
+
+def test_verify_catches_a_cache_file_damaged_after_download(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    assert run_cli("download-weights", "acme/siglip-tiny", env=env).returncode == 0
+    blob = max(blobs(tmp_path, "acme/siglip-tiny"), key=lambda b: b.stat().st_size)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    blob.write_bytes(bytes(data))
+    _fails(["download-weights", "acme/siglip-tiny", "--verify"], env, 2, "model.safetensors is corrupt")
+    _fails(["download-weights", "acme/never-downloaded", "--verify"], env, 2,
+           "model acme/never-downloaded is not in the Hugging Face cache: run `siglip download-weights")
+
+
+def test_local_dir_download_and_verify(hub, tmp_path):
+    env = hub_env(hub, tmp_path)
+    local = tmp_path / "weights"
+    proc = run_cli("download-weights", "acme/siglip-tiny", "--local-dir", str(local), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in local.iterdir() if p.is_file()) == ["config.json", "model.safetensors",
+                                                                     "preprocessor_config.json"]
+    proc = run_cli("download-weights", "acme/siglip-tiny", "--local-dir", str(local), "--verify", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert hub.tiny_commit in proc.stdout
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", str(local), "-o", str(tmp_path / "x.npy"), env=env)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_models_lists_known_checkpoints_and_the_cache(hub, tmp_path):
+    from siglip_cli.catalog import model_rows
+
+    cache = tmp_path / "cache"
+    (cache / "models--google--siglip-base-patch16-224" / "snapshots" / ("0" * 40)).mkdir(parents=True)
+    (cache / "models--google--siglip-base-patch16-224" / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    rows = {r["id"]: r for r in model_rows(cache)}
+    base = rows["google/siglip-base-patch16-224"]
+    assert (base["width"], base["depth"], base["patch"], base["resolution"], base["tokens"]) == (768, 12, 16, 224, 196)
+    assert base["vision_params"] == 92_884_224 and base["cached"] is True
+    assert abs(base["download_bytes"] - 812_560_000) < 2_000_000  # the hub's model.safetensors: 813 MB
+    so400m = rows["google/siglip-so400m-patch14-384"]
+    assert (so400m["width"], so400m["tokens"], so400m["cached"]) == (1152, 729, False)
+    assert not any("naflex" in r for r in rows)
+    proc = run_cli("models", env=hub_env(hub, tmp_path))
+    assert proc.returncode == 0
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("google/siglip-base-patch16-224 "))
+    assert line.split()[1:6] == ["768", "12", "16", "224", "93M"] and line.rstrip().endswith("yes")
+    proc = run_cli("models", "--json", env=hub_env(hub, tmp_path))
+    assert len(json.loads(proc.stdout)) == len(rows)
+
+
+def test_disk_full_is_one_clear_line():
+    from siglip_cli.hub import HubError, hub_errors
+
+    with pytest.raises(HubError, match=r"disk full while downloading acme/x to /big: free some space or pass "
+                                          r"--cache-dir on a bigger disk"):
+        with hub_errors("acme/x", None, Path("/big")):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_download_progress_is_drawn_on_a_terminal_stderr_only(hub, tmp_path):
+    import pty
+    import subprocess
+    import sys
+
+    master, slave = pty.openpty()
+    env = {**os.environ, **hub_env(hub, tmp_path), "COLUMNS": "100"}
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "siglip_cli", "download-weights", "acme/siglip-full"],
+                            stdout=subprocess.PIPE, stderr=slave, env=env)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    stdout = proc.stdout.read().decode()
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    text = drawn.decode(errors="replace")
+    assert "downloading" in text and "kB" in text  # rich's bar: description and bytes
+    assert "\x1b[" in text  # drawn with terminal control codes
+    assert "downloading" not in stdout and stdout.startswith("model:    acme/siglip-full")
