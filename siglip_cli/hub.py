@@ -97,7 +97,14 @@ def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -
                                       f"downloading: unset it and run `{rerun}`") from None
         raise HubUnreachableError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_root_cause(e)}): "
                                   f"check the network, then run `{rerun}`") from None
-    except (httpx2.TransportError, HfHubHTTPError) as e:
+    except HfHubHTTPError as e:
+        status = e.response.status_code if getattr(e, "response", None) is not None else "an error"
+        if status in (401, 403):
+            raise HubError(f"access to {repo_id} was refused ({status}): log in with `hf auth login` (or set "
+                           "HF_TOKEN) with an account that can read it") from None
+        raise HubError(f"the Hugging Face hub answered {status} for {repo_id} ({_first_line(e)}): run `{rerun}` "
+                       "again later") from None
+    except httpx2.TransportError as e:
         raise HubError(f"download of {repo_id} was cut off ({_first_line(e)}): run `{rerun}` again to resume; "
                        "nothing partial is left in the cache") from None
     except OSError as e:

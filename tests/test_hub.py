@@ -289,3 +289,20 @@ def test_download_progress_is_drawn_on_a_terminal_stderr_only(hub, tmp_path):
     assert "downloading" in text and "kB" in text  # rich's bar: description and bytes
     assert "\x1b[" in text  # drawn with terminal control codes
     assert "downloading" not in stdout and stdout.startswith("model:    acme/siglip-full")
+
+
+@pytest.mark.parametrize("status, message", [
+    (500, "the Hugging Face hub answered 500 for acme/x (Server error): run `siglip download-weights acme/x` again later"),
+    (403, "access to acme/x was refused (403): log in with `hf auth login` (or set HF_TOKEN)"),
+])
+def test_other_http_answers_are_named(status, message):
+    import httpx2
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from siglip_cli.hub import HubError, hub_errors
+
+    response = httpx2.Response(status, request=httpx2.Request("GET", "http://hub/api/models/acme/x"))
+    with pytest.raises(HubError) as e:
+        with hub_errors("acme/x", None):
+            raise HfHubHTTPError("Server error", response=response)
+    assert str(e.value).startswith(message)
