@@ -14,7 +14,7 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import EXIT_FAILED, ImageError, SiglipError
+from .errors import EXIT_FAILED, ImageError, SiglipError, UsageError
 
 _DEBUG = "siglip.debug"
 
@@ -120,12 +120,24 @@ def _root(
     """
 
 
+class Fmt(str, Enum):
+    npy = "npy"
+    safetensors = "safetensors"
+
+
+class OutDtype(str, Enum):
+    float32 = "float32"
+    float16 = "float16"
+
+
 @app.command(no_args_is_help=True, epilog=EXIT_CODES_HELP)
 def embed(
-    inputs: Annotated[list[Path], typer.Argument(help="Image files to embed.", show_default=False)],
-    output: Annotated[Path, typer.Option(
+    inputs: Annotated[Optional[list[str]], typer.Argument(
+        help="Image files, folders (recursive), or glob patterns.", show_default=False)] = None,
+    output: Annotated[str, typer.Option(
         "--output", "-o", show_default=False,
-        help="Output file; its suffix picks the format: .npy, or .safetensors (with metadata).")],
+        help="A file (.npy or .safetensors: one array, stacked [B, ...] for several images) or a folder "
+             "(DIR/ or an existing one: one file per image, mirroring the input tree).")] = ...,
     model: ModelOpt = None,
     random_init: RandomInitOpt = False,
     pool: Annotated[Pool, typer.Option(
@@ -140,15 +152,47 @@ def embed(
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = Device.auto,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
+    workers: Annotated[Optional[int], typer.Option(
+        "--workers", min=0, show_default=False,
+        help="Threads decoding images ahead of the model (default: one per CPU core, up to 8; 0: none).")] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", case_sensitive=False,
+                                     help="File format in folder mode.")] = Fmt.npy,
+    out_dtype: Annotated[OutDtype, typer.Option("--out-dtype", case_sensitive=False,
+                                                help="What is stored (compute is unchanged).")] = OutDtype.float32,
+    files_from: Annotated[Optional[str], typer.Option(
+        "--files-from", show_default=False, help="Also embed the paths listed in this file, one a line (- : stdin).")]
+    = None,
+    glob: Annotated[Optional[list[str]], typer.Option(
+        "--glob", show_default=False, help="In folders, only files matching this pattern (repeatable), e.g. '*.jpg'.")]
+    = None,
+    ext: Annotated[Optional[list[str]], typer.Option(
+        "--ext", show_default=False, help="In folders, only files with this suffix (repeatable), e.g. jpg.")] = None,
+    hidden: Annotated[bool, typer.Option("--hidden", help="Include hidden files and folders in folder walks.")]
+    = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Folder mode: re-embed images whose output "
+                                            "exists (default: skip them, so a rerun resumes).")] = False,
+    fail_fast: Annotated[bool, typer.Option("--fail-fast", help="Stop at the first image that cannot be read.")]
+    = False,
+    max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images with more pixels "
+                                            "(decompression bombs).")] = 178_956_970,
+    report: Annotated[Optional[Path], typer.Option(
+        "--report", show_default=False, help="Write one JSON line per input: path, status, reason, output.")] = None,
+    shard_spec: Annotated[Optional[str], typer.Option(
+        "--shard", show_default=False, help="K/N: embed only every N-th input starting at K (0-based), so N "
+                                            "processes split a corpus with no overlap.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; failures are "
+                                        "still reported.")] = False,
     offline: OfflineOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Embed images with a SigLIP vision model and write the embeddings to a file.
+    """Embed images with a SigLIP vision model and write the embeddings to files.
 
-    One input writes its array ([196, 768] patch embeddings for the base model, or [768] with --pool).
-    Several inputs write one stacked array [B, ...] in input order, with the source paths recorded:
-    in the .safetensors metadata, or in a sidecar OUT.npy.json for .npy. An image that cannot be read
-    is reported as `path: reason` and the others are still embedded.
+    One image writes its array ([196, 768] patch embeddings for the base model, or [768] with --pool).
+    Several images and a file output write one stacked array [B, ...] in input order, streamed to disk,
+    with the source paths recorded (in the .safetensors metadata, or in a sidecar OUT.npy.json).
+    A folder output (-o DIR/) writes DIR/<path below the input folder>.npy per image; a rerun skips
+    images already done. An image that cannot be read is reported once as `path: reason`, and the
+    others are still embedded. Every file is written atomically.
 
     Examples:
 
@@ -156,47 +200,61 @@ def embed(
 
       siglip embed a.jpg b.png c.webp --pool map -o images.safetensors
 
+      siglip embed photos/ -o embeddings/ --pool map --report run.jsonl
+
+      find /data -name '*.jpg' | siglip embed --files-from - -o out/ --shard 0/4
+
       siglip embed photo.jpg --random-init -o smoke.npy
     """
+    from .batch import embed_to, is_folder_output
     from .embed import Embedder
-    from .writers import check_writable, output_format, write_embeddings
+    from .inputs import collect, parse_shard, shard
+    from .writers import check_writable, output_format
 
-    output_format(output)
-    check_writable(output)
-    if not any(p.is_file() for p in inputs):
-        from .preprocess import load_image
-
-        load_image(inputs[0])  # raises the reason the first input cannot be read
+    if not inputs and not files_from:
+        raise UsageError("no inputs: give image files, folders or patterns, or --files-from LIST")
+    folder = is_folder_output(output)
+    if not folder:
+        output_format(Path(output))
+        check_writable(Path(output))
+    items = collect(inputs or [], files_from, glob, ext, hidden)
+    if shard_spec:
+        items = shard(items, *parse_shard(shard_spec))
+    if not items:
+        raise UsageError("no images found in the inputs" + (" for this shard" if shard_spec else "") +
+                         " (folders are searched for image files by suffix; see --glob, --ext, --hidden)")
+    single = not folder and len(items) == 1
+    if single and items[0].error:
+        raise ImageError(str(items[0].path), items[0].error)
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
-                             image_size=image_size, device=device.value, offline=offline, note=_note)
+                             image_size=image_size, device=device.value, offline=offline, note=_note,
+                             max_pixels=max_pixels)
     if random_init:
         _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
              "Use --model with a real checkpoint for meaningful ones.")
+    from .progress import EmbedProgress
 
-    good, failed = [], 0
-    for result in embedder.embed_iter(inputs, batch_size=batch_size):
-        if result.error is not None:
-            failed += 1
-            if len(inputs) == 1:
-                raise ImageError(result.source, result.error)
-            _err(f"{result.source}: {result.error}")
-        else:
-            good.append(result)
-    if not good:
-        raise ImageError(str(output), f"not written: none of the {len(inputs)} inputs could be embedded")
+    failures = []
+    with EmbedProgress(len(items), enabled=not quiet) as progress:
+        def on_outcome(outcome) -> None:
+            progress.advance(outcome)
+            if outcome.status == "failed":
+                failures.append(outcome)
+                if not single:
+                    progress.log(f"{outcome.path}: {outcome.reason}")
 
-    import numpy as np
-
-    sources = [r.source for r in good]
-    if len(inputs) == 1:
-        array = good[0].embedding
-        written = write_embeddings(output, array, {**embedder.metadata(), "source": sources[0]})
-    else:
-        array = np.stack([r.embedding for r in good])
-        written = write_embeddings(output, array, embedder.metadata(), sources=sources)
-    summary = f"wrote {', '.join(map(str, written))}: {list(array.shape)} float32, {len(good)} embedded"
-    _err(summary + (f", {failed} failed" if failed else ""))
-    if failed:
+        summary = embed_to(embedder, items, output, fmt="." + fmt.value, out_dtype=out_dtype.value,
+                           overwrite=overwrite, fail_fast=fail_fast, batch_size=batch_size, workers=workers,
+                           report=report, on_outcome=on_outcome)
+    if single and summary.failed:
+        raise ImageError(failures[0].path, failures[0].reason)
+    if not folder and not summary.embedded:
+        raise ImageError(str(output), f"not written: none of the {len(items)} inputs could be embedded")
+    if not quiet:
+        where = f"{output} (one file per image)" if folder else ", ".join(map(str, summary.outputs))
+        shape = f" {summary.shape} {summary.dtype}" if summary.shape else ""
+        _err(f"wrote {where}{shape}: {summary.line()}" if summary.embedded else summary.line())
+    if summary.failed:
         raise typer.Exit(EXIT_FAILED)
 
 

@@ -7,9 +7,13 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -19,7 +23,7 @@ from . import __version__
 from .config import DEFAULT_MODEL_ID, check_image_size
 from .errors import ImageError, UsageError
 from .model import NO_HEAD, POOL_MODES, SiglipVisionModel
-from .preprocess import Preprocessing, choose_preprocessing, load_image, to_rgb
+from .preprocess import DEFAULT_MAX_PIXELS, Preprocessing, choose_preprocessing, load_image, to_rgb
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -42,16 +46,47 @@ def pick_device(device: str) -> torch.device:
 
 @dataclass
 class Result:
-    """One input's outcome: its embedding, or the reason it failed."""
+    """One input's outcome: its embedding, or the reason it failed, or skipped (output already there)."""
 
     source: str
     embedding: np.ndarray | None = None
     error: str | None = None
+    skipped: bool = False
+    item: object = None  # what the caller passed in, for its own bookkeeping
+
+
+def default_workers() -> int:
+    """Decode threads: enough to keep the model fed, leaving the cores to the model's matmuls."""
+    return max(1, min(8, (os.cpu_count() or 1)))
+
+
+def prefetch(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
+    """fn(item) for each item on `workers` threads, results in input order, at most `window` in flight.
+
+    Pillow and NumPy release the GIL while decoding and resizing, so threads overlap with the model.
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="siglip-decode") as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for item in itertools.islice(it, window):
+            pending.append(pool.submit(fn, item))
+        try:
+            while pending:
+                future = pending.popleft()
+                for item in itertools.islice(it, 1):
+                    pending.append(pool.submit(fn, item))
+                yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 class Embedder:
     def __init__(self, model: SiglipVisionModel, preprocessing: Preprocessing, pool: str = "none",
-                 device: str = "auto"):
+                 device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
         if pool not in POOL_MODES:
             raise UsageError(f"unknown --pool {pool!r}: use one of {', '.join(POOL_MODES)}")
         if pool == "map" and not model.has_head:
@@ -61,11 +96,12 @@ class Embedder:
         self.model = model.to(self.device).eval()
         self.preprocessing = preprocessing
         self.pool = pool
+        self.max_pixels = max_pixels
 
     @classmethod
     def load(cls, model: str | None = None, *, random_init: bool = False, pool: str = "none",
              norm: str = "auto", image_size: int | None = None, device: str = "auto", offline: bool = False,
-             note=None) -> "Embedder":
+             note=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Embedder":
         """A hub id or checkpoint directory (default google/siglip-base-patch16-224, downloaded into the
         Hugging Face cache when missing unless offline), or the seeded untrained base model."""
         if random_init and model:
@@ -80,7 +116,7 @@ class Embedder:
             check_image_size(image_size, net.config)
         prep = choose_preprocessing(norm, net.preprocessor_config, net.config.image_size, image_size,
                                     where=str(net.name_or_path))
-        return cls(net, prep, pool=pool, device=device)
+        return cls(net, prep, pool=pool, device=device, max_pixels=max_pixels)
 
     def metadata(self) -> dict[str, object]:
         """What produced these embeddings: recorded in every output file."""
@@ -105,29 +141,51 @@ class Embedder:
         out = self.model.embed(pixel_values.to(self.device), self.pool)
         return out.float().cpu().numpy()
 
-    def embed_iter(self, images: Iterable[str | Path | Image.Image], batch_size: int = 8) -> Iterator[Result]:
-        """One Result per input, in input order; an image that fails does not stop the others."""
+    def prepare(self, item, load: Callable | None = None) -> Result:
+        """Decode and preprocess one input (runs on a worker thread). load(item) may return None: skip it."""
+        source = "<PIL image>" if isinstance(item, Image.Image) else str(getattr(item, "path", item))
+        try:
+            if load is not None:
+                image = load(item)
+                if image is None:
+                    return Result(source, skipped=True, item=item)
+            elif isinstance(item, Image.Image):
+                image = to_rgb(item)
+            else:
+                image = load_image(item, max_pixels=self.max_pixels)
+        except ImageError as e:
+            return Result(source, error=e.reason, item=item)
+        return Result(source, embedding=self.preprocessing(image), item=item)  # pixels until embedded
+
+    def embed_iter(self, images: Iterable, batch_size: int = 8, workers: int | None = None,
+                   load: Callable | None = None) -> Iterator[Result]:
+        """One Result per input, in input order; an image that fails does not stop the others.
+
+        Decoding runs on `workers` threads (default: one per core, up to 8) ahead of the model, so
+        the model does not wait for the disk; batches stay full when some inputs fail or are skipped.
+        """
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-        batch: list[tuple[str, torch.Tensor]] = []
+        workers = default_workers() if workers is None else workers
+        window = batch_size * 2 + workers
+        pending: list[Result] = []  # in input order; those with pixels wait for the model
+        queued = 0
 
         def flush() -> Iterator[Result]:
-            if batch:
-                arrays = self.embed_pixels(torch.stack([t for _, t in batch]))
-                yield from (Result(src, arr) for (src, _), arr in zip(batch, arrays))
-                batch.clear()
+            nonlocal queued
+            waiting = [r for r in pending if r.embedding is not None]
+            if waiting:
+                arrays = self.embed_pixels(torch.stack([r.embedding for r in waiting]))
+                for r, a in zip(waiting, arrays):
+                    r.embedding = a
+            yield from pending
+            pending.clear()
+            queued = 0
 
-        for item in images:
-            source = "<PIL image>" if isinstance(item, Image.Image) else str(item)
-            try:
-                image = to_rgb(item) if isinstance(item, Image.Image) else load_image(item)
-            except ImageError as e:
-                # Earlier good images come out first, so results stay in input order.
-                yield from flush()
-                yield Result(source, error=e.reason)
-                continue
-            batch.append((source, self.preprocessing(image)))
-            if len(batch) >= batch_size:
+        for result in prefetch(lambda item: self.prepare(item, load), images, workers, window):
+            pending.append(result)
+            queued += result.embedding is not None
+            if queued >= batch_size:
                 yield from flush()
         yield from flush()
 

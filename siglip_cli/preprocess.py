@@ -20,6 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import CheckpointError, ImageError, UsageError
 
 NORM_PRESETS = ("auto", "imagenet", "checkpoint")
+# Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): ~179 MP, e.g. 16000 x 11000.
+DEFAULT_MAX_PIXELS = 178_956_970
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # PIL's resampling filters by the names (and the integer codes) preprocessor configs use.
@@ -117,11 +119,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Decode an image file as the model should see it: first frame, EXIF orientation applied, RGB."""
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decode an image file as the model should see it: first frame, EXIF orientation applied, RGB.
+
+    Images over max_pixels are refused before decoding (decompression bombs), quickly and cheaply.
+    """
     name = str(path)
+    # Pillow refuses images over twice this at open; the size check below is the exact limit.
+    Image.MAX_IMAGE_PIXELS = max(1, max_pixels // 2)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
+            if image.width * image.height > max_pixels:
+                raise ImageError(name, f"too many pixels ({image.width}x{image.height} = "
+                                       f"{image.width * image.height:,} > --max-pixels {max_pixels:,})")
             image.load()  # decode now: truncation and corrupt data surface here, not later
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # a corrupt EXIF block is not worth a warning per image

@@ -6,6 +6,7 @@ complete, so a run killed at any moment leaves either the old file or the new on
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -41,19 +42,50 @@ def check_writable(path: Path) -> None:
         raise UsageError(f"cannot write to output folder {str(parent)!r}: permission denied")
 
 
+TMP_SUFFIX = ".siglip-tmp"
+
+
+def _temp_file(path: Path):
+    """A new temporary file beside `path` (same folder, so the final rename is atomic)."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    return os.fdopen(fd, "wb+"), Path(tmp)
+
+
+def clean_stale_temps(path: Path) -> None:
+    """Remove what a killed earlier run left while writing `path` (never a finished file)."""
+    for stale in path.parent.glob(f".{glob_escape(path.name)}.*{TMP_SUFFIX}"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+
+
+def glob_escape(name: str) -> str:
+    import glob
+
+    return glob.escape(name)
+
+
+def _commit(f, tmp: Path, path: Path) -> None:
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(tmp, path)
+    clean_stale_temps(path)
+
+
+def _discard(f, tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        f.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    f, tmp = _temp_file(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        f.write(data)
+        _commit(f, tmp, path)
     except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _discard(f, tmp)
         if isinstance(e, OSError):
             raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
         raise
@@ -107,3 +139,105 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, object]]:
     sidecar = path.with_name(path.name + ".json")
     meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
     return np.load(path, allow_pickle=False), meta
+
+
+def _header_text(meta: dict[str, object]) -> dict[str, str]:
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
+
+
+class StackedWriter:
+    """Many embeddings into one [B, ...] file, streamed: rows go to disk as they come.
+
+    The header is written last, into space reserved for the largest possible one (every input
+    embedded, every source path recorded), padded with spaces as both formats allow; the file is
+    then cut to the rows written and renamed into place. Memory does not grow with B.
+    """
+
+    def __init__(self, path: Path, capacity: int, metadata: dict[str, object], candidate_sources: list[str]):
+        self.path = Path(path)
+        self.format = output_format(self.path)
+        self.capacity = capacity
+        self.metadata = dict(metadata)
+        self.candidates = candidate_sources
+        self.count = 0
+        self.row_shape: tuple[int, ...] | None = None
+        self.dtype: np.dtype | None = None
+        self._reserved = 0
+        self._f, self._tmp = _temp_file(self.path)
+
+    def _header(self, count: int, sources: list[str]) -> bytes:
+        shape = (count, *self.row_shape)
+        if self.format == ".npy":
+            d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
+            return repr(d).encode("latin1")
+        nbytes = count * int(np.prod(self.row_shape)) * self.dtype.itemsize
+        st_dtype = {"float32": "F32", "float16": "F16"}[self.dtype.name]
+        header = {"__metadata__": _header_text({**self.metadata, "sources": sources}),
+                  TENSOR_NAME: {"dtype": st_dtype, "shape": list(shape), "data_offsets": [0, nbytes]}}
+        return json.dumps(header, separators=(",", ":")).encode()
+
+    def _framed(self, body: bytes, size: int) -> bytes:
+        """The header bytes, padded with spaces to exactly `size` bytes of header region."""
+        if self.format == ".npy":
+            # magic, version 1.0, little-endian u16 length, then the dict padded with spaces and a newline
+            if size - 10 > 0xFFFF:
+                raise OutputError(f"{self.path}: header too large for .npy")  # pragma: no cover
+            return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + body.ljust(size - 11) + b"\n"
+        return (size - 8).to_bytes(8, "little") + body.ljust(size - 8)
+
+    def add(self, row: np.ndarray) -> None:
+        try:
+            if self.row_shape is None:
+                self.row_shape, self.dtype = tuple(row.shape), row.dtype
+                longest = self._header(self.capacity, self.candidates)
+                align = 64 if self.format == ".npy" else 8
+                self._reserved = -(-(len(longest) + 12) // align) * align
+                self._f.write(b"\0" * self._reserved)
+            elif tuple(row.shape) != self.row_shape or row.dtype != self.dtype:
+                raise OutputError(f"{self.path}: row {self.count} has shape {list(row.shape)}, expected "
+                                  f"{list(self.row_shape)}")  # pragma: no cover - one model, one shape
+            self._f.write(np.ascontiguousarray(row).tobytes())
+            self.count += 1
+        except OSError as e:
+            self.abort()
+            raise OutputError(f"cannot write {str(self.path)!r}: {e.strerror or e}") from None
+
+    def finish(self, sources: list[str]) -> list[Path]:
+        """Write the header for the rows added and put the file in place (plus the .npy sidecar)."""
+        if self.count == 0:
+            self.abort()
+            return []
+        try:
+            self._f.seek(0)
+            self._f.write(self._framed(self._header(self.count, sources), self._reserved))
+            self._f.truncate(self._reserved + self.count * int(np.prod(self.row_shape)) * self.dtype.itemsize)
+            written = [self.path]
+            if self.format == ".npy":
+                sidecar = self.path.with_name(self.path.name + ".json")
+                meta = {**self.metadata, "sources": sources, "shape": [self.count, *self.row_shape]}
+                atomic_write_bytes(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
+                written.append(sidecar)
+            _commit(self._f, self._tmp, self.path)
+            return written
+        except OSError as e:
+            self.abort()
+            raise OutputError(f"cannot write {str(self.path)!r}: {e.strerror or e}") from None
+
+    def abort(self) -> None:
+        _discard(self._f, self._tmp)
+
+
+def output_path_for(out_dir: Path, rel, suffix: str) -> Path:
+    """Where one input's embedding goes in folder mode: DIR/<rel>.npy, never outside DIR."""
+    return Path(out_dir) / f"{rel.as_posix()}{suffix}"
+
+
+def check_inside(out_dir: Path, target: Path) -> None:
+    """Refuse a target whose folder, through a symlink, lies outside the output folder."""
+    root = Path(os.path.realpath(out_dir))
+    probe = target.parent
+    while not probe.exists():
+        probe = probe.parent
+    real = Path(os.path.realpath(probe))
+    if real != root and root not in real.parents:
+        raise OutputError(f"output {target} would leave {out_dir} through a symlink ({probe} -> {real})")

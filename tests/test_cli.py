@@ -21,7 +21,7 @@ def test_single_image_to_npy(tiny_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert np.load(out).shape == (16, 32) and np.load(out).dtype == np.float32
     assert proc.stdout == ""
-    assert proc.stderr.strip() == f"wrote {out}: [16, 32] float32, 1 embedded"
+    assert proc.stderr.strip() == f"wrote {out} [16, 32] float32: 1 embedded, 0 skipped (output exists), 0 failed"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cat.npy"]
 
 
@@ -64,7 +64,9 @@ def test_a_bad_image_among_several_is_named_and_the_rest_are_written(tiny_ckpt, 
     assert proc.returncode == 1
     assert proc.stderr.count(str(notes)) == 1
     assert f"{notes}: not an image Pillow can read\n" in proc.stderr
-    assert "1 failed" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().endswith(f"wrote {out} [2, 16, 32] float32: 2 embedded, 0 skipped (output exists), "
+                                        "1 failed")
+    assert "Traceback" not in proc.stderr
     array, meta = read_embeddings(out)
     assert array.shape == (2, 16, 32) and meta["sources"] == [str(PHOTOS[0]), str(PHOTOS[1])]
 

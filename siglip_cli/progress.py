@@ -1,0 +1,46 @@
+"""The embedding progress bar: rich on a terminal's stderr; nothing but failure lines otherwise."""
+
+from __future__ import annotations
+
+import sys
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
+from rich.text import Text
+
+
+class _Rate(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
+
+
+class EmbedProgress:
+    """images done / total, images per second, ETA and failures so far, on stderr when it is a terminal."""
+
+    def __init__(self, total: int, enabled: bool = True):
+        console = Console(stderr=True)
+        self.live = enabled and console.is_terminal
+        self.failed = 0
+        self._progress = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _Rate(),
+                                  TimeRemainingColumn(), TextColumn("{task.fields[failed]} failed"),
+                                  console=console, transient=True, disable=not self.live)
+        self._task = self._progress.add_task("embedding", total=total, failed=0)
+
+    def __enter__(self) -> "EmbedProgress":
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.stop()
+
+    def advance(self, outcome) -> None:
+        self.failed += outcome.status == "failed"
+        self._progress.update(self._task, advance=1, failed=self.failed)
+
+    def log(self, message: str) -> None:
+        """A line above the bar (or plain on stderr), never cut or re-wrapped."""
+        if self.live:
+            self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
+        else:
+            sys.stderr.write(message + "\n")
+            sys.stderr.flush()
