@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .config import SiglipVisionConfig
+from .errors import UsageError
 
 # Text towers (width, depth, MLP size, vocabulary, positions), as in each checkpoint's text_config.
 _TEXT = {
@@ -92,8 +93,13 @@ def vision_params(config: SiglipVisionConfig) -> int:
         return sum(p.numel() for p in SiglipVisionModel(config).parameters())
 
 
+def _complete(names: set[str]) -> bool:
+    """A snapshot that can be loaded: a config and weights (what a cut-off download lacks)."""
+    return "config.json" in names and bool({"model.safetensors", "model.safetensors.index.json"} & names)
+
+
 def cached_repos(cache_dir=None) -> dict[str, list[str]]:
-    """Repo id -> cached commits, from the Hugging Face cache (empty when there is no cache)."""
+    """Repo id -> commits with a complete checkpoint in the Hugging Face cache."""
     from huggingface_hub import scan_cache_dir
     from huggingface_hub.errors import CacheNotFound
 
@@ -101,8 +107,15 @@ def cached_repos(cache_dir=None) -> dict[str, list[str]]:
         info = scan_cache_dir(cache_dir)
     except CacheNotFound:
         return {}
-    return {r.repo_id: sorted(rev.commit_hash for rev in r.revisions)
-            for r in info.repos if r.repo_type == "model" and r.revisions}
+    except ValueError as e:  # e.g. a file given as the cache folder
+        raise UsageError(f"--cache-dir {str(cache_dir)!r}: not a Hugging Face cache folder ({e})") from None
+    out = {}
+    for repo in info.repos:
+        commits = sorted(rev.commit_hash for rev in repo.revisions
+                         if _complete({f.file_name for f in rev.files}))
+        if repo.repo_type == "model" and commits:
+            out[repo.repo_id] = commits
+    return out
 
 
 def model_rows(cache_dir=None) -> list[dict]:

@@ -17,8 +17,11 @@ from . import __version__
 from .errors import EXIT_FAILED, ImageError, SiglipError, UsageError
 
 _DEBUG = "siglip.debug"
+# Typer vendors click; its UsageError (bad option values, unknown options) is BadParameter's base.
+_ClickUsageError = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
 
 EXIT_CODES_HELP = "Exit codes: 0 all inputs embedded; 1 some input failed; 2 usage or model error."
+HUB_EXIT_CODES_HELP = "Exit codes: 0 done; 2 any error (not found, gated, offline, corrupt, disk full ...)."
 
 
 def _debug_on(ctx: typer.Context) -> bool:
@@ -44,6 +47,11 @@ class _ErrorBoundary(TyperGroup):
                 raise
             _err(f"Error: {e}")
             raise typer.Exit(e.exit_code) from None
+        except _ClickUsageError as e:
+            # The parser's own errors, also one line: what is wrong, and where the help is.
+            where = e.ctx.command_path if e.ctx is not None else "siglip"
+            _err(f"Error: {e.format_message()} (see `{where} --help`)")
+            raise typer.Exit(2) from None
 
 
 def _set_debug(ctx: typer.Context, value: bool) -> bool:
@@ -94,8 +102,11 @@ DebugOpt = Annotated[bool, typer.Option("--debug", help="Show the full traceback
                                         callback=_set_debug, is_eager=True)]
 ModelOpt = Annotated[Optional[str], typer.Option(
     "--model", "-m", show_default=False,
-    help="A local checkpoint directory, or a hub id (id or id@revision): taken from the Hugging Face cache, "
-         "downloaded first when missing. Default: google/siglip-base-patch16-224.")]
+    help="Checkpoint folder, or hub id (id@revision too), from the cache or downloaded. "
+         "Default: the base model (google/siglip-base-patch16-224).")]
+CacheDirOpt = Annotated[Optional[Path], typer.Option(
+    "--cache-dir", show_default=False,
+    help="Hugging Face cache folder (default: HF_HUB_CACHE, or ~/.cache/huggingface/hub).")]
 OfflineOpt = Annotated[bool, typer.Option(
     "--offline", help="Never download: use only local directories and the cache (as HF_HUB_OFFLINE=1).")]
 RandomInitOpt = Annotated[bool, typer.Option(
@@ -146,8 +157,9 @@ def embed(
              "mean: mean of the patch embeddings [D].")] = Pool.none,
     norm: Annotated[Norm, typer.Option(
         "--norm", case_sensitive=False,
-        help="Preprocessing. auto: the checkpoint's own (SigLIP: bicubic, mean=std=0.5) when it has one, else "
-             "imagenet; imagenet: the seed documents' torchvision pipeline (bilinear, ImageNet mean/std).")]
+        help="Preprocessing. checkpoint: what its preprocessor_config.json says (SigLIP: bicubic, "
+             "mean=std=0.5); imagenet: the seed documents' pipeline (bilinear, ImageNet mean/std); auto: "
+             "checkpoint when there is one, else imagenet.")]
     = Norm.auto,
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = Device.auto,
@@ -183,6 +195,7 @@ def embed(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; failures are "
                                         "still reported.")] = False,
     offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """Embed images with a SigLIP vision model and write the embeddings to files.
@@ -209,7 +222,7 @@ def embed(
     from .batch import embed_to, is_folder_output
     from .embed import Embedder
     from .inputs import collect, parse_shard, shard
-    from .writers import check_writable, output_format
+    from .writers import check_writable, output_format, refuse_overwriting_inputs
 
     if not inputs and not files_from:
         raise UsageError("no inputs: give image files, folders or patterns, or --files-from LIST")
@@ -218,6 +231,8 @@ def embed(
         output_format(Path(output))
         check_writable(Path(output))
     items = collect(inputs or [], files_from, glob, ext, hidden)
+    if not folder:
+        refuse_overwriting_inputs(Path(output), items)
     if shard_spec:
         items = shard(items, *parse_shard(shard_spec))
     if not items:
@@ -228,7 +243,7 @@ def embed(
         raise ImageError(str(items[0].path), items[0].error)
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
                              image_size=image_size, device=device.value, offline=offline, note=_note,
-                             max_pixels=max_pixels)
+                             max_pixels=max_pixels, cache_dir=cache_dir)
     if random_init:
         _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
              "Use --model with a real checkpoint for meaningful ones.")
@@ -258,16 +273,14 @@ def embed(
         raise typer.Exit(EXIT_FAILED)
 
 
-@app.command("download-weights", epilog=EXIT_CODES_HELP)
+@app.command("download-weights", epilog=HUB_EXIT_CODES_HELP)
 def download_weights(
     model_id: Annotated[str, typer.Argument(help="Hub id, optionally id@revision.")] = "google/siglip-base-patch16-224",
     revision: Annotated[Optional[str], typer.Option("--revision", help="Branch, tag or commit (default: main).",
                                                     show_default=False)] = None,
     local_dir: Annotated[Optional[Path], typer.Option("--local-dir", help="Download into this folder instead of "
                                                       "the cache.", show_default=False)] = None,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Hugging Face cache folder (default: "
-                                                      "HF_HUB_CACHE, or ~/.cache/huggingface/hub).",
-                                                      show_default=False)] = None,
+    cache_dir: CacheDirOpt = None,
     verify: Annotated[bool, typer.Option("--verify", help="Re-check an already downloaded model (sha256 and "
                                          "tensor shapes) without downloading.")] = False,
     debug: DebugOpt = False,
@@ -303,11 +316,10 @@ def download_weights(
     typer.echo("\n".join(lines))
 
 
-@app.command("models")
+@app.command("models", epilog=HUB_EXIT_CODES_HELP)
 def models(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
-    cache_dir: Annotated[Optional[Path], typer.Option("--cache-dir", help="Hugging Face cache folder to look in.",
-                                                      show_default=False)] = None,
+    cache_dir: CacheDirOpt = None,
     debug: DebugOpt = False,
 ) -> None:
     """List the known SigLIP and SigLIP 2 fixed-resolution checkpoints, and which are in the local cache.

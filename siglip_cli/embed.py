@@ -101,17 +101,18 @@ class Embedder:
     @classmethod
     def load(cls, model: str | None = None, *, random_init: bool = False, pool: str = "none",
              norm: str = "auto", image_size: int | None = None, device: str = "auto", offline: bool = False,
-             note=None, max_pixels: int = DEFAULT_MAX_PIXELS) -> "Embedder":
+             note=None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir=None) -> "Embedder":
         """A hub id or checkpoint directory (default google/siglip-base-patch16-224, downloaded into the
         Hugging Face cache when missing unless offline), or the seeded untrained base model."""
-        if random_init and model:
+        if random_init and model is not None:
             raise UsageError("use either --model or --random-init, not both")
         if image_size is not None and image_size <= 0:
             raise UsageError(f"--image-size must be positive, got {image_size}")
         if random_init:
             net = SiglipVisionModel.random_init()
         else:
-            net = SiglipVisionModel.from_pretrained(model or DEFAULT_MODEL_ID, offline=offline, note=note)
+            net = SiglipVisionModel.from_pretrained(model if model is not None else DEFAULT_MODEL_ID,
+                                                    offline=offline, note=note, cache_dir=cache_dir)
         if image_size is not None:
             check_image_size(image_size, net.config)
         prep = choose_preprocessing(norm, net.preprocessor_config, net.config.image_size, image_size,

@@ -30,6 +30,18 @@ class CheckpointError(SiglipError):
     """A checkpoint that exists but cannot be loaded: bad config, missing/unexpected keys, shapes."""
 
 
+class HubError(SiglipError):
+    """The hub refused, could not be reached, or a download could not be stored."""
+
+
+class HubUnreachableError(HubError):
+    """No network path to the hub (or offline mode) and nothing usable in the cache."""
+
+
+class ChecksumError(SiglipError):
+    """A downloaded file whose bytes do not hash to the hub's record."""
+
+
 class ImageError(SiglipError):
     """An input image that cannot be read or decoded."""
 

@@ -16,21 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import CheckpointError, ModelNotFoundError, SiglipError
+from .errors import ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError
 from .weights import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
-                      check_checkpoint)
-
-
-class HubError(SiglipError):
-    """The hub refused, or could not be reached."""
-
-
-class HubUnreachableError(HubError):
-    """No network path to the hub (or offline mode) and nothing usable in the cache."""
-
-
-class ChecksumError(SiglipError):
-    """A downloaded file whose bytes do not hash to the hub's record."""
+                      check_checkpoint, read_config)
 
 
 @dataclass
@@ -87,8 +75,6 @@ def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -
     except RevisionNotFoundError:
         raise HubError(f"revision {revision!r} not found in {repo_id}: use a branch, tag or commit that exists "
                        "(default: main)") from None
-    except EntryNotFoundError as e:
-        raise HubError(f"{repo_id}: a file listed by the hub is missing ({e}): try again later") from None
     except (OfflineModeIsEnabled, LocalEntryNotFoundError, RevisionResolutionError,
             httpx2.ConnectError, httpx2.ConnectTimeout) as e:
         # RevisionResolutionError: the hub could not be reached (or offline mode) and no ref was cached.
@@ -97,6 +83,9 @@ def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -
                                       f"downloading: unset it and run `{rerun}`") from None
         raise HubUnreachableError(f"cannot reach the Hugging Face hub at {constants.ENDPOINT} ({_root_cause(e)}): "
                                   f"check the network, then run `{rerun}`") from None
+    except EntryNotFoundError as e:
+        raise HubError(f"{repo_id}: a file listed by the hub is missing ({_first_line(e)}): try again later") \
+            from None
     except HfHubHTTPError as e:
         status = e.response.status_code if getattr(e, "response", None) is not None else "an error"
         if status in (401, 403):
@@ -105,14 +94,16 @@ def hub_errors(repo_id: str, revision: str | None, target: Path | None = None) -
         raise HubError(f"the Hugging Face hub answered {status} for {repo_id} ({_first_line(e)}): run `{rerun}` "
                        "again later") from None
     except httpx2.TransportError as e:
-        raise HubError(f"download of {repo_id} was cut off ({_first_line(e)}): run `{rerun}` again to resume; "
-                       "nothing partial is left in the cache") from None
+        raise HubError(f"download of {repo_id} was cut off ({_first_line(e)}): run `{rerun}` again; a partial "
+                       "file is never used") from None
     except OSError as e:
+        where = target or Path(constants.HF_HUB_CACHE)
         if e.errno == errno.ENOSPC:
-            where = target or Path(constants.HF_HUB_CACHE)
             raise HubError(f"disk full while downloading {repo_id} to {where}: free some space or pass "
-                              "--cache-dir on a bigger disk, then run the command again") from None
-        raise
+                           "--cache-dir on a bigger disk, then run the command again") from None
+        raise HubError(f"cannot store {repo_id} in {where}: {e.strerror or e}"
+                       f"{' (' + str(e.filename) + ')' if e.filename else ''}: pass a writable --cache-dir or "
+                       "--local-dir") from None
 
 
 def _root_cause(e: BaseException) -> str:
@@ -197,6 +188,13 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
     """
     from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 
+    if offline_mode():
+        try:  # nothing to download: report (and re-check) the copy already here
+            return verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir)
+        except ModelNotFoundError:
+            raise HubUnreachableError(f"model {repo_id} is not in the cache and HF_HUB_OFFLINE=1 forbids "
+                                      f"downloading: unset it and run `{download_command(repo_id, revision)}`") \
+                from None
     target = local_dir or cache_dir
     with hub_errors(repo_id, revision, target):
         api = HfApi()
@@ -208,6 +206,7 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
         files = select_files(repo_id, list(siblings))
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=resolved, cache_dir=cache_dir,
                                            local_dir=local_dir))
+        read_config(config_path.parent)  # an unsupported architecture is refused before the weights come
         full = _is_full_checkpoint(config_path.parent)
         if full and note is not None:
             weights = sum(siblings[f].size or 0 for f in files if f.endswith(".safetensors"))
@@ -287,10 +286,10 @@ def _local_commit(local_dir: Path, names: list[str]) -> str:
 
 
 def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, progress: bool = True,
-                 note=None) -> ModelSource:
+                 note=None, cache_dir: Path | None = None) -> ModelSource:
     """A hub model from the cache, downloading it first when it is missing and downloading is allowed."""
     try:
-        folder = _cached_folder(repo_id, revision, None, None)
+        folder = _cached_folder(repo_id, revision, cache_dir, None)
         return ModelSource(path=folder, name=repo_id, revision=folder.name)
     except ModelNotFoundError:
         if offline_mode(offline):
@@ -302,7 +301,7 @@ def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, p
     if note is not None:
         note(f"{repo_id} is not in the cache: downloading it")
     try:
-        done = download_weights(repo_id, revision, progress=progress, note=note)
+        done = download_weights(repo_id, revision, cache_dir=cache_dir, progress=progress, note=note)
     except HubUnreachableError as e:
         raise HubUnreachableError(f"{e}, or use --random-init for an untrained model") from None
     return ModelSource(path=done.path, name=repo_id, revision=done.revision)

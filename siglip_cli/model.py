@@ -288,7 +288,7 @@ class SiglipVisionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                        offline: bool = False, note=None) -> "SiglipVisionModel":
+                        offline: bool = False, note=None, cache_dir=None) -> "SiglipVisionModel":
         """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id (id@revision works too).
 
         A hub id comes from the local cache, and is downloaded (and verified) first when it is not
@@ -296,4 +296,5 @@ class SiglipVisionModel(nn.Module):
         """
         from .weights import load_model, resolve_model
 
-        return load_model(resolve_model(path_or_id, revision, offline=offline, note=note), dtype=dtype)
+        source = resolve_model(path_or_id, revision, offline=offline, note=note, cache_dir=cache_dir)
+        return load_model(source, dtype=dtype)

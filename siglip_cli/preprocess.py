@@ -125,8 +125,9 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Images over max_pixels are refused before decoding (decompression bombs), quickly and cheaply.
     """
     name = str(path)
-    # Pillow refuses images over twice this at open; the size check below is the exact limit.
-    Image.MAX_IMAGE_PIXELS = max(1, max_pixels // 2)
+    # Pillow itself refuses images over twice this while opening (some formats hide huge frames);
+    # the size check below is the exact limit.
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -148,7 +149,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         raise ImageError(name, "permission denied") from None
     except UnidentifiedImageError:
         raise ImageError(name, "not an image Pillow can read") from None
-    except Image.DecompressionBombError as e:
-        raise ImageError(name, f"too many pixels, refused as a possible decompression bomb ({e})") from None
+    except Image.DecompressionBombError:
+        raise ImageError(name, f"too many pixels (over --max-pixels {max_pixels:,}): refused as a possible "
+                               "decompression bomb") from None
     except (OSError, ValueError, SyntaxError, EOFError) as e:
         raise ImageError(name, f"cannot decode image ({e})") from None

@@ -8,7 +8,6 @@ pickles (*.bin, *.pt, *.pth) can run code when loaded, so they are never opened.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,6 @@ NEEDED_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", 
                 WEIGHTS_INDEX_NAME]
 
 _VISION_ROOTS = ("embeddings.", "encoder.", "post_layernorm.", "head.")
-_REPO_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
 
 @dataclass(frozen=True)
@@ -181,28 +179,42 @@ def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> Sigli
 
 
 def parse_model_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:
-    """'org/name@rev' -> ('org/name', 'rev'); an explicit revision argument wins."""
+    """'org/name@rev' -> ('org/name', 'rev'), the id checked as the hub checks it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
     repo_id, sep, rev = spec.partition("@")
+    if sep and not rev:
+        raise ModelNotFoundError(f"model {spec!r}: nothing after '@': give a branch, tag or commit, or drop the '@'")
+    if sep and revision and rev != revision:
+        raise ModelNotFoundError(f"model {spec!r} and --revision {revision!r} disagree: give the revision once")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
+                                 "(like google/siglip-base-patch16-224)") from None
     return repo_id, (revision or (rev if sep else None))
 
 
 def resolve_model(spec: str | None, revision: str | None = None, *, offline: bool = False,
-                  progress: bool = True, note=None) -> ModelSource:
+                  progress: bool = True, note=None, cache_dir: Path | None = None) -> ModelSource:
     """A local checkpoint directory, or a hub id (optionally id@revision).
 
     A hub id is looked up in the Hugging Face cache first; when it is missing it is downloaded,
     unless offline (or HF_HUB_OFFLINE=1), in which case the error names the command to run.
     """
+    if spec is not None and not spec.strip():
+        raise ModelNotFoundError("--model is empty: give a checkpoint directory or a hub id")
     spec = spec or DEFAULT_MODEL_ID
     path = Path(spec).expanduser()
     if path.is_dir():
         return ModelSource(path=path, name=spec)
     if path.exists():
         raise ModelNotFoundError(f"model {spec!r} is a file: --model takes a checkpoint directory or a hub id")
-    repo_id, revision = parse_model_spec(spec, revision)
-    if not _REPO_ID.match(repo_id) or spec.startswith((".", "/", "~")):
+    if spec.startswith((".", "/", "~")) or "\\" in spec:
         raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
                                  "(like google/siglip-base-patch16-224)")
+    repo_id, revision = parse_model_spec(spec, revision)
     from .hub import ensure_model
 
-    return ensure_model(repo_id, revision, offline=offline, progress=progress, note=note)
+    return ensure_model(repo_id, revision, offline=offline, progress=progress, note=note, cache_dir=cache_dir)

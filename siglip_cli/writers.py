@@ -38,8 +38,11 @@ def check_writable(path: Path) -> None:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UsageError(f"cannot create output folder {str(parent)!r}: {e.strerror or e}") from None
-    if not os.access(parent, os.W_OK):
-        raise UsageError(f"cannot write to output folder {str(parent)!r}: permission denied")
+    try:  # a real probe: permission bits say nothing to root, or on read-only and virtual filesystems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to output folder {str(parent)!r}: {e.strerror or e}") from None
 
 
 TMP_SUFFIX = ".siglip-tmp"
@@ -47,7 +50,10 @@ TMP_SUFFIX = ".siglip-tmp"
 
 def _temp_file(path: Path):
     """A new temporary file beside `path` (same folder, so the final rename is atomic)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     return os.fdopen(fd, "wb+"), Path(tmp)
 
 
@@ -110,14 +116,16 @@ def write_embeddings(path: Path, array: np.ndarray, metadata: dict[str, object],
         return [path]
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    written = []
-    if sources is not None:
-        sidecar = path.with_name(path.name + ".json")
-        meta["shape"] = list(array.shape)
-        atomic_write_bytes(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
-        written.append(sidecar)
     atomic_write_bytes(path, buf.getvalue())
-    return [path, *written]
+    sidecar = path.with_name(path.name + ".json")
+    if sources is None:
+        # A sidecar left by an earlier stacked run would describe another array: it goes.
+        with contextlib.suppress(FileNotFoundError):
+            sidecar.unlink()
+        return [path]
+    meta["shape"] = list(array.shape)
+    atomic_write_bytes(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
+    return [path, sidecar]
 
 
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, object]]:
@@ -211,13 +219,13 @@ class StackedWriter:
             self._f.seek(0)
             self._f.write(self._framed(self._header(self.count, sources), self._reserved))
             self._f.truncate(self._reserved + self.count * int(np.prod(self.row_shape)) * self.dtype.itemsize)
+            _commit(self._f, self._tmp, self.path)
             written = [self.path]
             if self.format == ".npy":
                 sidecar = self.path.with_name(self.path.name + ".json")
                 meta = {**self.metadata, "sources": sources, "shape": [self.count, *self.row_shape]}
                 atomic_write_bytes(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
                 written.append(sidecar)
-            _commit(self._f, self._tmp, self.path)
             return written
         except OSError as e:
             self.abort()
@@ -241,3 +249,13 @@ def check_inside(out_dir: Path, target: Path) -> None:
     real = Path(os.path.realpath(probe))
     if real != root and root not in real.parents:
         raise OutputError(f"output {target} would leave {out_dir} through a symlink ({probe} -> {real})")
+
+
+def refuse_overwriting_inputs(out: Path, items) -> None:
+    """An output file that is one of the inputs would destroy that input: refuse before any work."""
+    if not out.exists():
+        return
+    for item in items:
+        with contextlib.suppress(OSError):
+            if os.path.samefile(out, item.path):
+                raise UsageError(f"output {str(out)!r} is also an input: choose another output file")

@@ -1,5 +1,6 @@
 """The real `siglip` command: files written, shapes, exit codes and message text."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -86,6 +87,7 @@ def test_random_init_warns_and_uses_the_seeds_preset(tmp_path):
 def _error_cases(tiny_ckpt: Path, nohead: Path, tmp: Path):
     (tmp / "notes.txt").write_text("hello")
     (tmp / "afile").write_text("x")
+    shutil.copy(PHOTOS[0], tmp / "pic.npy")  # an image that happens to be named like an output
     photo = str(PHOTOS[0])
     return {
         "missing file": ([str(tmp / "missing.jpg"), "--model", str(tiny_ckpt)], 1,
@@ -107,6 +109,13 @@ def _error_cases(tiny_ckpt: Path, nohead: Path, tmp: Path):
                            "Error: model './nowhere/ckpt': no such directory, and not a Hugging Face model id"),
         "unwritable output": ([photo, "--random-init", "-o", str(tmp / "afile" / "x.npy")], 2,
                               f"Error: cannot create output folder '{tmp / 'afile'}'"),
+        "output on a virtual filesystem": ([photo, "--random-init", "-o", "/proc/x.npy"], 2,
+                                           "Error: cannot write to output folder '/proc'"),
+        "output is an input": ([str(tmp / "pic.npy"), photo, "--random-init", "-o", str(tmp / "pic.npy")], 2,
+                               f"Error: output '{tmp / 'pic.npy'}' is also an input"),
+        "bad option value": ([photo, "--random-init", "--pool", "max"], 2,
+                             "Error: Invalid value for '--pool'"),
+        "bad model id": ([photo, "--model", "acme/x--y"], 2, "Error: model 'acme/x--y': no such directory"),
         "bad suffix": ([photo, "--random-init", "-o", str(tmp / "x.txt")], 2,
                        "must end in .npy or .safetensors (the suffix picks the format)"),
         "image size": ([photo, "--model", str(tiny_ckpt), "--image-size", "36"], 2,
@@ -128,7 +137,8 @@ def nohead_ckpt(tmp_path_factory):
 
 
 ERROR_CASES = ["missing file", "not an image", "truncated jpeg", "unknown model", "default model not cached",
-               "bad local path", "unwritable output", "bad suffix", "image size", "no head", "model and random init",
+               "bad local path", "unwritable output", "output on a virtual filesystem", "output is an input",
+               "bad option value", "bad model id", "bad suffix", "image size", "no head", "model and random init",
                "norm checkpoint without one"]
 
 
@@ -147,7 +157,9 @@ def test_errors_are_one_line_with_exit_code_and_no_output(case, tiny_ckpt, nohea
     errors = [line for line in proc.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1 and proc.stderr.strip().endswith(errors[0])
     assert not (tmp_path / "out.npy").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".siglip-tmp")]
+    if case == "output is an input":
+        assert (tmp_path / "pic.npy").read_bytes() == PHOTOS[0].read_bytes()
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -153,7 +153,38 @@ def _fails(args, env, code, message):
     ("acme/naflex", "SigLIP 2 NaFlex checkpoints (model_type 'siglip2') are not supported"),
 ])
 def test_hub_errors_are_one_line_with_exit_2(hub, tmp_path, repo, message):
+    before = len(hub.requests)
     _fails(["download-weights", repo], hub_env(hub, tmp_path), 2, message)
+    if repo in ("acme/clip", "acme/naflex"):  # refused from config.json alone: the weights never come
+        assert not [p for m, p in hub.requests[before:] if m == "GET" and p.endswith(".safetensors")]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["acme/x--y"], "model 'acme/x--y': no such directory, and not a Hugging Face model id"),
+    (["acme/siglip-tiny@"], "nothing after '@'"),
+    (["acme/siglip-tiny@v1", "--revision", "v2"], "and --revision 'v2' disagree"),
+    (["acme/siglip-tiny", "--local-dir", "/proc/nope"], "cannot store acme/siglip-tiny in /proc/nope"),
+])
+def test_bad_ids_and_places_are_one_line_errors(hub, tmp_path, args, message):
+    _fails(["download-weights", *args], hub_env(hub, tmp_path), 2, message)
+
+
+def test_offline_download_weights_reports_the_cached_copy(hub, tmp_path):
+    assert run_cli("download-weights", "acme/siglip-tiny", env=hub_env(hub, tmp_path)).returncode == 0
+    proc = run_cli("download-weights", "acme/siglip-tiny", env=hub_env(hub, tmp_path, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert hub.tiny_commit in proc.stdout and proc.stderr == ""
+
+
+def test_embed_uses_a_model_in_a_custom_cache_dir(hub, tmp_path):
+    big = tmp_path / "big-disk"
+    assert run_cli("download-weights", "acme/siglip-tiny", "--cache-dir", str(big),
+                   env=hub_env(hub, tmp_path)).returncode == 0
+    before = len(hub.requests)
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", "acme/siglip-tiny", "--cache-dir", str(big), "--offline",
+                   "-o", str(tmp_path / "x.npy"), env=hub_env(hub, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert len(hub.requests) == before and not (tmp_path / "cache").exists()
 
 
 def test_gated_repo_works_with_a_token(hub, tmp_path):
@@ -186,7 +217,7 @@ def test_a_download_cut_off_resumes_and_leaves_nothing_corrupt(hub, tmp_path):
     env = hub_env(hub, tmp_path)
     hub.cut_file("acme/cut", "model.safetensors", after_bytes=5000, times=6)  # huggingface_hub retries 5 times
     err = _fails(["download-weights", "acme/cut"], env, 2, "download of acme/cut was cut off")
-    assert "run `siglip download-weights acme/cut` again to resume" in err
+    assert "run `siglip download-weights acme/cut` again; a partial file is never used" in err
     snaps = tmp_path / "cache" / "models--acme--cut" / "snapshots"
     assert not list(snaps.rglob("model.safetensors"))  # nothing half-written is visible
     proc = run_cli("download-weights", "acme/cut", env=env)
@@ -235,15 +266,19 @@ def test_models_lists_known_checkpoints_and_the_cache(hub, tmp_path):
     from siglip_cli.catalog import model_rows
 
     cache = tmp_path / "cache"
-    (cache / "models--google--siglip-base-patch16-224" / "snapshots" / ("0" * 40)).mkdir(parents=True)
-    (cache / "models--google--siglip-base-patch16-224" / "snapshots" / ("0" * 40) / "config.json").write_text("{}")
+    for repo, files in (("siglip-base-patch16-224", ["config.json", "model.safetensors"]),
+                        ("siglip-so400m-patch14-384", ["config.json"])):  # what a cut-off download leaves
+        snap = cache / f"models--google--{repo}" / "snapshots" / ("0" * 40)
+        snap.mkdir(parents=True)
+        for f in files:
+            (snap / f).write_text("{}")
     rows = {r["id"]: r for r in model_rows(cache)}
     base = rows["google/siglip-base-patch16-224"]
     assert (base["width"], base["depth"], base["patch"], base["resolution"], base["tokens"]) == (768, 12, 16, 224, 196)
     assert base["vision_params"] == 92_884_224 and base["cached"] is True
     assert abs(base["download_bytes"] - 812_560_000) < 2_000_000  # the hub's model.safetensors: 813 MB
     so400m = rows["google/siglip-so400m-patch14-384"]
-    assert (so400m["width"], so400m["tokens"], so400m["cached"]) == (1152, 729, False)
+    assert (so400m["width"], so400m["tokens"], so400m["cached"]) == (1152, 729, False)  # config only
     assert not any("naflex" in r for r in rows)
     proc = run_cli("models", env=hub_env(hub, tmp_path))
     assert proc.returncode == 0

@@ -1,5 +1,6 @@
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -59,3 +60,18 @@ def test_unwritable_destinations_fail_before_any_work(tmp_path):
         check_writable(tmp_path)
     check_writable(tmp_path / "new" / "deeper" / "out.npy")
     assert (tmp_path / "new" / "deeper").is_dir()
+
+
+def test_a_single_array_replaces_a_stale_sidecar(tmp_path):
+    out = tmp_path / "e.npy"
+    write_embeddings(out, np.ones((2, 3), dtype=np.float32), META, sources=["a", "b"])
+    assert (tmp_path / "e.npy.json").exists()
+    write_embeddings(out, np.zeros(3, dtype=np.float32), META)
+    assert not (tmp_path / "e.npy.json").exists()
+    array, meta = read_embeddings(out)
+    assert array.shape == (3,) and meta == {}
+
+
+def test_a_temp_file_that_cannot_be_created_is_one_error(tmp_path):
+    with pytest.raises(OutputError, match=r"cannot write '/proc/x\.npy'"):
+        write_embeddings(Path("/proc/x.npy"), np.zeros(3, dtype=np.float32), META)

@@ -1,0 +1,119 @@
+"""Batch embedding benchmark: `siglip embed FOLDER -o OUT/` against a plain transformers loop.
+
+Both sides load the same base-size checkpoint (random weights, saved with transformers: the same
+compute as google/siglip-base-patch16-224) and embed the same folder of camera-size JPEGs; wall time
+includes startup and model load, and peak memory is the process's max RSS. A second measurement
+streams 200 and 2,000 small images into one stacked file and compares peak memory.
+
+    pip install -e . -r benchmarks/requirements.txt
+    python benchmarks/bench_batch.py [--images 32] [--small 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+TRANSFORMERS_LOOP = """
+import sys, numpy as np, torch
+from pathlib import Path
+from PIL import Image
+from transformers import AutoImageProcessor, SiglipVisionModel
+ckpt, folder, out = sys.argv[1:4]
+processor = AutoImageProcessor.from_pretrained(ckpt)
+model = SiglipVisionModel.from_pretrained(ckpt).eval()
+paths = sorted(Path(folder).glob("*.jpg"))
+Path(out).mkdir(parents=True, exist_ok=True)
+with torch.inference_mode():
+    for i in range(0, len(paths), 8):
+        batch = paths[i:i + 8]
+        pixels = processor([Image.open(p).convert("RGB") for p in batch], return_tensors="pt")["pixel_values"]
+        hidden = model(pixel_values=pixels).last_hidden_state.numpy()
+        for p, h in zip(batch, hidden):
+            np.save(Path(out) / (p.name + ".npy"), h)
+"""
+
+
+
+
+def peak_rss_of(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS in MB, measured by a fresh wrapper process."""
+    wrapper = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
+               "subprocess.run(sys.argv[1:], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL); "
+               "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", wrapper, *cmd], check=True, capture_output=True, text=True).stdout
+    wall, mb = out.split()
+    return float(wall), float(mb)
+
+
+def make_checkpoint(path: Path, layers: int = 12) -> None:
+    import torch
+    import transformers
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(0)
+    transformers.SiglipVisionModel(transformers.SiglipVisionConfig(num_hidden_layers=layers)).save_pretrained(path)
+    SiglipImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(path)
+
+
+def make_photos(folder: Path, n: int, size: tuple[int, int]) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((REPO / "sample_images").glob("*.jpg"))
+    for i in range(n):
+        Image.open(sources[i % len(sources)]).convert("RGB").resize(size).save(folder / f"img{i:05d}.jpg",
+                                                                               quality=90)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=32, help="camera-size JPEGs (4032x3024)")
+    ap.add_argument("--small", type=int, default=2000, help="small images for the memory check")
+    args = ap.parse_args()
+    siglip = [sys.executable, "-m", "siglip_cli"]
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_checkpoint(tmp / "base")
+        make_photos(tmp / "photos", args.images, (4032, 3024))
+        results = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                   "date": time.strftime("%Y-%m-%d"), "images": args.images}
+        loop = tmp / "loop.py"
+        loop.write_text(TRANSFORMERS_LOOP)
+        t_hf, m_hf = peak_rss_of([sys.executable, str(loop), str(tmp / "base"), str(tmp / "photos"), str(tmp / "hf")])
+        t_us, m_us = peak_rss_of([*siglip, "embed", str(tmp / "photos"), "--model", str(tmp / "base"), "-o",
+                                  f"{tmp / 'ours'}/", "--quiet"])
+        results["transformers loop"] = {"seconds": round(t_hf, 1), "img_per_s": round(args.images / t_hf, 2),
+                                        "peak_rss_mb": round(m_hf)}
+        results["siglip embed"] = {"seconds": round(t_us, 1), "img_per_s": round(args.images / t_us, 2),
+                                   "peak_rss_mb": round(m_us)}
+        results["speedup"] = round(t_hf / t_us, 2)
+
+        # Memory does not grow with the number of images: 200 vs 2,000 into one stacked [B, 196, 768] file.
+        make_checkpoint(tmp / "narrow", layers=1)
+        make_photos(tmp / "small", args.small, (64, 48))
+        listing = sorted(str(p) for p in (tmp / "small").iterdir())
+        mem = {}
+        for n in (args.small // 10, args.small):
+            (tmp / f"list{n}.txt").write_text("\n".join(listing[:n]) + "\n")
+            t, mb = peak_rss_of([*siglip, "embed", "--files-from", str(tmp / f"list{n}.txt"), "--model",
+                                 str(tmp / "narrow"), "-o", str(tmp / f"stacked{n}.npy"), "--quiet"])
+            mem[n] = {"seconds": round(t, 1), "peak_rss_mb": round(mb, 1),
+                      "output_mb": round((tmp / f"stacked{n}.npy").stat().st_size / 1e6)}
+        results["stacked memory"] = mem
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
