@@ -359,6 +359,115 @@ def models(
     typer.echo("params: vision tower; download: full checkpoint (both towers, float32), estimated")
 
 
+class Preset(str, Enum):
+    base = "base"
+    large = "large"
+    so400m = "so400m"
+    giant = "giant"
+
+
+@app.command("inspect-shapes")
+def inspect_shapes(
+    model: Annotated[Optional[str], typer.Option(
+        "--model", "-m", show_default=False,
+        help="Checkpoint folder or hub id: only its config.json is read (no weights needed).")] = None,
+    preset: Annotated[Optional[Preset], typer.Option(
+        "--preset", show_default=False, help="A named size at its resolution: base 224, large 256, so400m 384 "
+                                             "(patch 14), giant 256. Default: base.")] = None,
+    image: Annotated[Optional[Path], typer.Option(
+        "--image", show_default=False, help="Show the shapes of this image's decoding and preprocessing too.")]
+    = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Batch size B.")] = 1,
+    layer: Annotated[int, typer.Option("--layer", min=0, help="Which encoder layer to open in detail.")] = 0,
+    image_size: ImageSizeOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the same stages as JSON.")] = False,
+    offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Show how tensor shapes change through the SigLIP vision model, attention in detail.
+
+    The shapes come from a real forward pass of the model on PyTorch's meta device (shapes without
+    data), through the step-by-step attention path: patchify, flatten, transpose, position
+    embeddings; one encoder layer opened up (q, k, v, split into heads, scores, softmax, weighted
+    sum, merge, MLP); the other layers; the attention-pooling head. With FLOPs and parameter counts.
+
+    Examples:
+
+      siglip inspect-shapes
+
+      siglip inspect-shapes --preset so400m --layer 5
+
+      siglip inspect-shapes --model google/siglip-base-patch16-384 --image photo.jpg --json
+    """
+    from .shapes import describe
+
+    report = describe(model, preset.value if preset else None, image, batch_size, layer, image_size,
+                      offline=offline, cache_dir=cache_dir)
+    if as_json:
+        import json
+
+        typer.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    from rich.console import Console
+
+    from .shapes import render
+
+    render(report, Console(highlight=False))
+
+
+@app.command("visualize", no_args_is_help=True)
+def visualize(
+    image: Annotated[Path, typer.Argument(help="The image to look at.", show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", show_default=False)],
+    model: ModelOpt = None,
+    random_init: RandomInitOpt = False,
+    compare_random: Annotated[bool, typer.Option(
+        "--compare-random", help="Put the untrained model's PCA beside the checkpoint's, as seed 000 does.")]
+    = False,
+    norm: Annotated[Norm, typer.Option("--norm", case_sensitive=False, help="Preprocessing preset.")] = Norm.auto,
+    image_size: ImageSizeOpt = None,
+    offline: OfflineOpt = False,
+    cache_dir: CacheDirOpt = None,
+    debug: DebugOpt = False,
+) -> None:
+    """Draw one PNG of what the model does with an image.
+
+    Panels: the input as the model sees it, with its patch grid; the patch embeddings projected to
+    three colours by PCA; the pooling head's attention over the patches; the last layer's attention,
+    mean over heads and per head.
+
+    Examples:
+
+      siglip visualize photo.jpg -o photo.png
+
+      siglip visualize photo.jpg -o compare.png --model google/siglip-base-patch16-224 --compare-random
+    """
+    if output.suffix.lower() != ".png":
+        raise UsageError(f"output {str(output)!r} must end in .png")
+    if compare_random and random_init:
+        raise UsageError("--compare-random puts the untrained model beside a checkpoint: use it with --model, "
+                         "not with --random-init")
+    from .embed import Embedder
+    from .model import SiglipVisionModel
+    from .preprocess import load_image
+    from .visualize import png_bytes, render
+    from .writers import atomic_write_bytes, check_writable
+
+    check_writable(output)
+    picture = load_image(image)
+    emb = Embedder.load(model, random_init=random_init, norm=norm.value, image_size=image_size, device="cpu",
+                        offline=offline, note=_note, cache_dir=cache_dir)
+    title = f"{emb.model.name_or_path} - {image.name}"
+    if random_init:
+        title += "  (UNTRAINED: random weights, the patterns mean nothing)"
+        _err("Warning: --random-init: untrained random weights; the picture shows an untrained model.")
+    compare = SiglipVisionModel.random_init(emb.model.config) if compare_random else None
+    result = render(picture, emb.preprocessing, emb.model, title, compare)
+    atomic_write_bytes(output, png_bytes(result))
+    _err(f"wrote {output} ({result.width}x{result.height})")
+
+
 def _note(message: str) -> None:
     _err(message)
 

@@ -99,6 +99,8 @@ PRESETS: dict[str, SiglipVisionConfig] = {
                                 num_hidden_layers=24, image_size=256),
     "so400m": SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_attention_heads=16,
                                  num_hidden_layers=27, image_size=384, patch_size=14),
+    "giant": SiglipVisionConfig(hidden_size=1536, intermediate_size=6144, num_attention_heads=16,
+                                num_hidden_layers=40, image_size=256, patch_size=16),
 }
 
 

@@ -371,3 +371,17 @@ def rich_progress(enabled: bool) -> Iterator[type]:
 
     with progress:
         yield Bar
+
+
+def fetch_config(repo_id: str, revision: str | None, *, offline: bool = False,
+                 cache_dir: Path | None = None) -> Path:
+    """The folder holding a hub model's config.json: from the cache, or just that file downloaded."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return _cached_folder(repo_id, revision, cache_dir, None)
+    except ModelNotFoundError:
+        if offline_mode(offline):
+            raise
+    with hub_errors(repo_id, revision, cache_dir):
+        return Path(hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir)).parent

@@ -25,6 +25,13 @@ NO_HEAD = ("this checkpoint has no attention-pooling head (vision_use_head: fals
            "use --pool mean or --pool none")
 
 
+class _Embedding(nn.Embedding):
+    def reset_parameters(self) -> None:
+        # Meta tensors (inspect-shapes, loading) hold no values, and normal_ on meta costs ~1.5 s to set up.
+        if not self.weight.is_meta:
+            super().reset_parameters()
+
+
 def _record(trace: dict | None, name: str, tensor: torch.Tensor) -> None:
     """Keep a named intermediate for learners (inspect-shapes), like big_vision's `out` dict."""
     if trace is not None:
@@ -41,7 +48,7 @@ class SiglipVisionEmbeddings(nn.Module):
         # kernel = stride = patch: each output pixel is one non-overlapping patch, linearly projected.
         self.patch_embedding = nn.Conv2d(config.num_channels, config.hidden_size,
                                          kernel_size=config.patch_size, stride=config.patch_size)
-        self.position_embedding = nn.Embedding(config.num_patches, config.hidden_size)
+        self.position_embedding = _Embedding(config.num_patches, config.hidden_size)
 
     def position_embeddings(self, grid_h: int, grid_w: int) -> torch.Tensor:
         """Position embeddings for a Gh x Gw grid of patches.
@@ -197,7 +204,9 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
 
     def __init__(self, config: SiglipVisionConfig):
         super().__init__()
-        self.probe = nn.Parameter(torch.randn(1, 1, config.hidden_size))
+        self.probe = nn.Parameter(torch.empty(1, 1, config.hidden_size))
+        if not self.probe.is_meta:
+            nn.init.normal_(self.probe)  # as torch.randn
         self.attention = nn.MultiheadAttention(config.hidden_size, config.num_attention_heads, batch_first=True)
         self.layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = SiglipMLP(config)
@@ -205,7 +214,10 @@ class SiglipMultiheadAttentionPoolingHead(nn.Module):
     def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
         probe = self.probe.expand(x.shape[0], -1, -1)  # (B, 1, D)
         _record(trace, "probe", probe)
-        y = self.attention(probe, x, x, need_weights=False)[0]  # (B, 1, D)
+        y, weights = self.attention(probe, x, x, need_weights=trace is not None,
+                                    average_attn_weights=False)  # (B, 1, D), (B, h, 1, N)
+        if weights is not None:
+            _record(trace, "attention_weights", weights)
         _record(trace, "attention", y)
         y = y + self.mlp(self.layernorm(y))
         y = y[:, 0]  # (B, D)

@@ -46,6 +46,9 @@ def check_writable(path: Path) -> None:
 
 
 TMP_SUFFIX = ".siglip-tmp"
+# mkstemp creates files readable by their owner only; outputs get the usual permissions (0666 - umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def _temp_file(path: Path):
@@ -54,6 +57,7 @@ def _temp_file(path: Path):
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    os.fchmod(fd, 0o666 & ~_UMASK)
     return os.fdopen(fd, "wb+"), Path(tmp)
 
 

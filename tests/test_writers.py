@@ -75,3 +75,11 @@ def test_a_single_array_replaces_a_stale_sidecar(tmp_path):
 def test_a_temp_file_that_cannot_be_created_is_one_error(tmp_path):
     with pytest.raises(OutputError, match=r"cannot write '/proc/x\.npy'"):
         write_embeddings(Path("/proc/x.npy"), np.zeros(3, dtype=np.float32), META)
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    """Not mkstemp's owner-only 0600: 0666 less the umask, like any file a program creates."""
+    umask = os.umask(0)
+    os.umask(umask)
+    write_embeddings(tmp_path / "p.npy", np.zeros(2, dtype=np.float32), META)
+    assert (tmp_path / "p.npy").stat().st_mode & 0o777 == 0o666 & ~umask != 0o600

@@ -1,0 +1,244 @@
+"""inspect-shapes: how tensor shapes evolve through SigLIP, traced from a real forward pass.
+
+The model runs on the meta device (shapes and dtypes, no data, no weights), through the explicit
+attention path, which records each named intermediate; nothing here computes a shape by formula.
+FLOPs are counted as 2 x multiply-adds of the matmul-like stages (elementwise ops are not counted).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .config import SiglipVisionConfig, check_image_size
+from .model import SiglipVisionModel
+
+
+@dataclass
+class Stage:
+    name: str  # the name in the code (trace key, or module path)
+    shape: list[int]
+    axes: str  # what each axis is
+    explain: str
+    flops: int | None = None
+    group: str = ""
+
+
+def _explanations(c: SiglipVisionConfig, grid: tuple[int, int]) -> dict[str, tuple[str, str]]:
+    """Trace name -> (what the axes are, what the step does), for a learner."""
+    D, h, Dh, F, P = c.hidden_size, c.num_attention_heads, c.head_dim, c.intermediate_size, c.patch_size
+    N = grid[0] * grid[1]
+    tokens = "B, N, D"
+    return {
+        "patch_embedding": ("B, D, H/P, W/P", f"Conv2d, kernel = stride = {P}: each {P}x{P}x3 patch -> one "
+                                              f"{D}-dim vector"),
+        "flatten": ("B, D, N", f"the {grid[0]}x{grid[1]} grid flattened into {N} patches"),
+        "transpose": (tokens, "one row per patch token (SigLIP has no CLS token)"),
+        "add_position_embedding": (tokens, "+ a learned position embedding per patch (broadcast over B)"),
+        "layer_norm1": (tokens, "LayerNorm over D before attention (pre-norm)"),
+        "q_states": (tokens, f"q_proj, Linear {D} -> {D}: what each token looks for"),
+        "k_states": (tokens, f"k_proj, Linear {D} -> {D}: what each token offers"),
+        "v_states": (tokens, f"v_proj, Linear {D} -> {D}: what each token passes on"),
+        "split_heads": ("B, N, heads, head dim", f"view D as {h} heads of {Dh} dims (no data moves)"),
+        "transpose_heads": ("B, heads, N, head dim", "heads to the front: each head attends on its own"),
+        "scores": ("B, heads, N, N", f"q @ k^T x scale 1/sqrt({Dh}): every token against every token"),
+        "softmax": ("B, heads, N, N", "softmax over the last axis: each row of weights sums to 1"),
+        "dropout": ("B, heads, N, N", f"attention dropout (p = {c.attention_dropout}; a no-op at inference)"),
+        "weighted_sum": ("B, heads, N, head dim", "weights @ v: each token becomes a weighted mix of values"),
+        "transpose_back": ("B, N, heads, head dim", "tokens to the front again"),
+        "merge_heads": (tokens, f"heads concatenated: {h} x {Dh} = {D}"),
+        "out_proj": (tokens, f"Linear {D} -> {D}: mixes what the heads found"),
+        "residual_add1": (tokens, "x + attention(layer_norm1(x))"),
+        "layer_norm2": (tokens, "LayerNorm over D before the MLP"),
+        "fc1": ("B, N, F", f"Linear {D} -> {F}: the MLP widens each token"),
+        "gelu": ("B, N, F", "GELU (tanh approximation), elementwise"),
+        "fc2": (tokens, f"Linear {F} -> {D}: back to the model width"),
+        "residual_add2": (tokens, "x + mlp(layer_norm2(x)): the layer's output"),
+        "post_layernorm": (tokens, "final LayerNorm: the patch embeddings `siglip embed` writes (--pool none)"),
+        "probe": ("B, 1, D", "a learned query, one per image"),
+        "attention_weights": ("B, heads, 1, N", f"how much each of the {h} heads looks at each of the {N} patches"),
+        "attention": ("B, 1, D", "the probe attends over all patch tokens (multi-head attention)"),
+        "pooled": ("B, D", "LayerNorm + MLP with a residual: SigLIP's image embedding (--pool map)"),
+    }
+
+
+def _flops(name: str, shape: list[int], c: SiglipVisionConfig) -> int | None:
+    """2 x multiply-adds of a stage, from the traced output shape and the layer it came from."""
+    D, F, P, C, Dh = c.hidden_size, c.intermediate_size, c.patch_size, c.num_channels, c.head_dim
+    n = math.prod(shape)
+    if name == "patch_embedding":
+        return 2 * n * C * P * P
+    if name in ("q_states", "k_states", "v_states", "out_proj", "fc2"):
+        return 2 * n * (F if name == "fc2" else D)
+    if name == "fc1":
+        return 2 * n * D
+    if name == "scores":
+        return 2 * n * Dh
+    if name == "weighted_sum":  # (B, h, N, N) @ (B, h, N, Dh)
+        return 2 * n * shape[-2]
+    return None
+
+
+def _layer_flops(stages: list[Stage]) -> int:
+    return sum(s.flops or 0 for s in stages if s.group.startswith("encoder layer"))
+
+
+def _head_flops(c: SiglipVisionConfig, batch: int, n: int) -> dict[str, int]:
+    D, F = c.hidden_size, c.intermediate_size
+    return {"attention": 2 * batch * (D * D + 2 * n * D * D + 2 * n * D + D * D),
+            "pooled": 2 * batch * 2 * D * F}
+
+
+def parameter_counts(model: SiglipVisionModel) -> dict[str, int]:
+    vm = model.vision_model
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    out = {"embeddings": count(vm.embeddings), "encoder layer (each)": count(vm.encoder.layers[0]),
+           f"encoder ({len(vm.encoder.layers)} layers)": count(vm.encoder), "post_layernorm": count(vm.post_layernorm)}
+    if model.has_head:
+        out["head"] = count(vm.head)
+    out["total"] = count(model)
+    return out
+
+
+@dataclass
+class ShapeReport:
+    config: dict
+    summary: dict
+    parameters: dict
+    stages: list[Stage]
+    total_flops: int
+
+    def to_dict(self) -> dict:
+        return {"config": self.config, "summary": self.summary, "parameters": self.parameters,
+                "stages": [asdict(s) for s in self.stages], "total_flops": self.total_flops}
+
+
+def trace_shapes(config: SiglipVisionConfig, batch_size: int = 1, layer: int = 0, image_size: int | None = None,
+                 image_shape: list[int] | None = None, pixels_shape: list[int] | None = None) -> ShapeReport:
+    """Run the model on the meta device and record every stage's shape (and FLOPs, and a word on it).
+
+    image_shape/pixels_shape: a real image's decoded [H, W, 3] and preprocessed [3, S, S], when given.
+    """
+    from .errors import UsageError
+
+    if not 0 <= layer < config.num_hidden_layers:
+        raise UsageError(f"--layer {layer}: this model has layers 0..{config.num_hidden_layers - 1}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
+    size = image_size or config.image_size
+    check_image_size(size, config)
+    with torch.device("meta"):
+        model = SiglipVisionModel(config).eval()
+        model.use_explicit_attention(True)
+        pixels = torch.empty(batch_size, config.num_channels, size, size)
+        trace: dict[str, torch.Tensor] = {}
+        patches = model.vision_model(pixels, trace=trace, trace_layer=layer)
+        head_trace: dict[str, torch.Tensor] = {}
+        if model.has_head:
+            model.vision_model.head(patches, trace=head_trace)
+    grid = tuple(trace["patch_embedding"].shape[-2:])
+    words = _explanations(config, grid)
+    stages = [Stage("input image", image_shape or [size, size, config.num_channels], "H, W, channels",
+                    "the decoded RGB image" + ("" if image_shape else " (any size: it is resized next)"),
+                    group="input"),
+              Stage("preprocessed pixels", [batch_size, *(pixels_shape or list(pixels.shape[1:]))], "B, C, H, W",
+                    f"resized to {size}x{size}, normalised, channels first, batched", group="input")]
+    for name, t in trace.items():
+        if name == "post_layernorm":
+            continue
+        group = "embeddings" if name in ("patch_embedding", "flatten", "transpose", "add_position_embedding") \
+            else f"encoder layer {layer}"
+        stages.append(Stage(name, list(t.shape), *words[name], _flops(name, list(t.shape), config), group))
+    others = config.num_hidden_layers - 1
+    per_layer = _layer_flops(stages)
+    if others:
+        stages.append(Stage(f"encoder.layers x{others}", list(trace["residual_add2"].shape), "B, N, D",
+                            f"the {others} other layers: the same steps, shape unchanged", per_layer * others,
+                            "encoder"))
+    stages.append(Stage("post_layernorm", list(trace["post_layernorm"].shape), *words["post_layernorm"],
+                        group="encoder"))
+    head_flops = _head_flops(config, batch_size, grid[0] * grid[1])
+    for name, t in head_trace.items():
+        stages.append(Stage(f"head.{name}", list(t.shape), *words[name], head_flops.get(name), "head"))
+    c = config
+    summary = {"B": batch_size, "T": grid[0] * grid[1], "C": c.hidden_size, "heads": c.num_attention_heads,
+               "head_dim": c.head_dim, "scale": 1 / math.sqrt(c.head_dim), "layers": c.num_hidden_layers,
+               "image_size": size, "patch_size": c.patch_size, "grid": list(grid)}
+    return ShapeReport(config.to_dict(), summary, parameter_counts(model), stages,
+                       sum(s.flops or 0 for s in stages))
+
+
+def _fmt_flops(n: int | None) -> str:
+    if not n:
+        return ""
+    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return str(n)
+
+
+def render(report: ShapeReport, console) -> None:
+    """One entry per stage: name, shape, axes and FLOPs on a line, the explanation indented below.
+
+    Fits 80 columns, and reads the same when piped to a file.
+    """
+    from rich.text import Text
+
+    s = report.summary
+    console.print(f"SigLIP vision tower: B={s['B']}  T={s['T']} tokens ({s['grid'][0]}x{s['grid'][1]} patches "
+                  f"of {s['patch_size']} px, {s['image_size']} px image)  C={s['C']}  heads={s['heads']}  "
+                  f"head dim={s['head_dim']}  scale=1/sqrt({s['head_dim']})={s['scale']:.4f}  "
+                  f"layers={s['layers']}")
+    console.print("Axes: B batch, N = T tokens (one per patch), D = C hidden size, heads, head dim = D/heads, "
+                  "F MLP size. FLOPs: 2 x multiply-adds.", style="dim")
+    group = None
+    for st in report.stages:
+        if st.group != group:
+            group = st.group
+            console.print(Text(f"\n{group}", style="bold"))
+        line = Text(f"  {st.name:<24.24}", style="cyan")
+        line.append(f"{str(st.shape):<20}")
+        line.append(f"{st.axes:<22}", style="dim")
+        line.append(f"{_fmt_flops(st.flops):>8}")
+        console.print(line, no_wrap=True, overflow="ellipsis")
+        console.print(Text(f"      {st.explain}", style="italic"), overflow="fold")
+    params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in report.parameters.items())
+    console.print(f"\nParameters: {params}")
+    console.print(f"FLOPs per forward pass: {_fmt_flops(report.total_flops)}")
+
+
+def describe(model: str | None, preset: str | None, image, batch_size: int = 1, layer: int = 0,
+             image_size: int | None = None, offline: bool = False, cache_dir=None) -> ShapeReport:
+    """inspect-shapes' inputs -> a ShapeReport: a config from --model (config.json only) or --preset."""
+    from pathlib import Path
+
+    from .config import PRESETS
+    from .errors import UsageError
+    from .weights import read_config, read_preprocessor_config
+
+    if model and preset:
+        raise UsageError("use either --model or --preset, not both")
+    preprocessor = None
+    if model:
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            from .hub import fetch_config
+            from .weights import parse_model_spec
+
+            folder = fetch_config(*parse_model_spec(model), offline=offline, cache_dir=cache_dir)
+        config = read_config(folder)
+        preprocessor = read_preprocessor_config(folder)
+    else:
+        config = PRESETS[preset or "base"]
+    image_shape = pixels_shape = None
+    if image is not None:
+        from .preprocess import choose_preprocessing, load_image
+
+        decoded = load_image(image)
+        prep = choose_preprocessing("auto", preprocessor, config.image_size, image_size)
+        image_shape = [decoded.height, decoded.width, 3]
+        pixels_shape = list(prep(decoded).shape)
+        image_size = prep.image_size
+    return trace_shapes(config, batch_size, layer, image_size, image_shape, pixels_shape)
