@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from .embed import Embedder, Result
-from .errors import ImageError, OutputError, SiglipError, UsageError
+from .errors import ImageError, OutputError, UsageError
 from .inputs import Input, collect
 from .preprocess import load_image
 from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_writable, output_format,
@@ -171,9 +171,3 @@ class _Run:
                 return
             self.record(Outcome(str(item.path), "embedded", output=output))
 
-
-def exit_code(summary: Summary) -> int:
-    return 1 if summary.failed else 0
-
-
-__all__ = ["embed_to", "Outcome", "Summary", "is_folder_output", "SiglipError"]
