@@ -10,6 +10,7 @@ The CLI is a thin shell over `embed_to`; notebooks can call it, or `Embedder.emb
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -58,12 +59,14 @@ def is_folder_output(out: Path) -> bool:
 def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str | Path, *,
              fmt: str = ".npy", out_dtype: str = "float32", overwrite: bool = False, fail_fast: bool = False,
              batch_size: int = 8, workers: int | None = None, report: str | Path | None = None,
-             on_outcome: Callable[[Outcome], None] | None = None) -> Summary:
+             on_outcome: Callable[[Outcome], None] | None = None, stack: bool | None = None) -> Summary:
     """Embed inputs (paths, folders, globs, or collected Inputs) into a folder or one file.
 
     Each input ends as an Outcome (passed to on_outcome as it happens, and written to `report` as
-    JSON lines); a failed image never stops the others unless fail_fast.
+    JSON lines); a failed image never stops the others unless fail_fast. With a file output, `stack`
+    says whether rows are stacked [B, ...] (default: unless there is exactly one input).
     """
+    fmt = fmt if fmt.startswith(".") else "." + fmt
     if out_dtype not in OUT_DTYPES:
         raise UsageError(f"unknown --out-dtype {out_dtype!r}: use float32 or float16")
     if fmt not in FORMATS:
@@ -80,24 +83,42 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
     else:
         output_format(out)
         check_writable(out)
-    run = _Run(embedder, items, out, folder, fmt, np.dtype(out_dtype), overwrite, fail_fast, report, on_outcome)
+    if report is not None:
+        check_writable(Path(report))
+    run = _Run(embedder, items, out, folder, fmt, np.dtype(out_dtype), overwrite, fail_fast, report, on_outcome,
+               stack if stack is not None else len(items) != 1)
     return run.go(batch_size, workers)
 
 
 class _Run:
-    def __init__(self, embedder, items, out, folder, fmt, dtype, overwrite, fail_fast, report, on_outcome):
-        self.embedder, self.items, self.out, self.folder = embedder, items, out, folder
+    def __init__(self, embedder, items, out, folder, fmt, dtype, overwrite, fail_fast, report, on_outcome, stack):
+        self.embedder, self.out, self.folder = embedder, out, folder
         self.fmt, self.dtype, self.overwrite, self.fail_fast = fmt, dtype, overwrite, fail_fast
         self.report = Path(report) if report else None
         self.on_outcome = on_outcome
         self.summary = Summary(dtype=dtype.name)
         self.records: list[str] = []
         self.metadata = {**embedder.metadata(), "dtype": dtype.name}
-        self.single = not folder and len(items) == 1
+        self.items = self._no_collisions(items) if folder else items
+        self.single = not folder and not stack
         self.stacked = None
         if not folder and not self.single:
             self.stacked = StackedWriter(out, len(items), self.metadata, [str(i.path) for i in items])
         self.sources: list[str] = []
+
+    def _no_collisions(self, items: list[Input]) -> list[Input]:
+        """Two inputs that would write the same output file: the later one fails, nothing is overwritten."""
+        first: dict[str, Input] = {}
+        out = []
+        for item in items:
+            key = os.path.normcase(str(self.target(item)))
+            if item.error is None and key in first:
+                item = Input(item.path, item.rel, f"its output {self.target(item)} would overwrite that of "
+                                                  f"{first[key].path}: embed them into separate folders")
+            elif item.error is None:
+                first[key] = item
+            out.append(item)
+        return out
 
     def target(self, item: Input) -> Path:
         return output_path_for(self.out, item.rel, self.fmt)

@@ -230,15 +230,22 @@ def embed(
     if not folder:
         output_format(Path(output))
         check_writable(Path(output))
+    if report is not None:
+        check_writable(report)
     items = collect(inputs or [], files_from, glob, ext, hidden)
     if not folder:
         refuse_overwriting_inputs(Path(output), items)
-    if shard_spec:
-        items = shard(items, *parse_shard(shard_spec))
     if not items:
-        raise UsageError("no images found in the inputs" + (" for this shard" if shard_spec else "") +
-                         " (folders are searched for image files by suffix; see --glob, --ext, --hidden)")
-    single = not folder and len(items) == 1
+        raise UsageError("no images found in the inputs (folders are searched for image files by suffix; see "
+                         "--glob, --ext, --hidden)")
+    if shard_spec:
+        k, n = parse_shard(shard_spec)
+        total, items = len(items), shard(items, k, n)
+        if not items:
+            _err(f"shard {k}/{n}: nothing to do ({total} inputs in all, fewer than {n} shards)")
+            return
+    # One named image file -> its array; anything that can hold several (folders, globs, lists) -> stacked.
+    single = not folder and len(inputs or []) == 1 and not files_from and Path(inputs[0]).is_file()
     if single and items[0].error:
         raise ImageError(str(items[0].path), items[0].error)
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
@@ -249,18 +256,23 @@ def embed(
              "Use --model with a real checkpoint for meaningful ones.")
     from .progress import EmbedProgress
 
+    import signal
+    import sys
+
+    # A scheduler's SIGTERM (Slurm, Kubernetes) unwinds like Ctrl-C: temp files go, the report is written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failures = []
     with EmbedProgress(len(items), enabled=not quiet) as progress:
         def on_outcome(outcome) -> None:
             progress.advance(outcome)
             if outcome.status == "failed":
                 failures.append(outcome)
-                if not single:
+                if not single and not fail_fast:  # with --fail-fast the final error names it
                     progress.log(f"{outcome.path}: {outcome.reason}")
 
         summary = embed_to(embedder, items, output, fmt="." + fmt.value, out_dtype=out_dtype.value,
                            overwrite=overwrite, fail_fast=fail_fast, batch_size=batch_size, workers=workers,
-                           report=report, on_outcome=on_outcome)
+                           report=report, on_outcome=on_outcome, stack=not single)
     if single and summary.failed:
         raise ImageError(failures[0].path, failures[0].reason)
     if not folder and not summary.embedded:

@@ -54,7 +54,10 @@ def _has_magic(text: str) -> bool:
 class Collector:
     """Turns command-line inputs into an ordered, de-duplicated list of Inputs."""
 
-    def __init__(self, globs: list[str] | None = None, exts: list[str] | None = None, hidden: bool = False):
+    def __init__(self, globs: list[str] | None = None, exts: list[str] | None = None, hidden: bool = False,
+                 several: bool = False):
+        # With several arguments, each folder's outputs go under the folder's own name (photos/* stays apart).
+        self.several = several
         self.globs = globs or []
         self.exts = {("." + e.lower().lstrip(".")) for e in exts} if exts else None
         self.hidden = hidden
@@ -76,7 +79,9 @@ class Collector:
         return suffix in self._known
 
     def _add(self, path: Path, rel: PurePosixPath, error: str | None = None) -> None:
-        key = (os.path.normpath(str(path)), rel)
+        # One entry per real file: a file reached twice (symlinks, repeated arguments, ** through a link loop)
+        # is embedded once.
+        key = (os.path.realpath(path) if error is None else os.path.normpath(str(path)), "")
         if key not in self._seen:
             self._seen.add(key)
             self.items.append(Input(path, rel, error))
@@ -89,13 +94,13 @@ class Collector:
             for name in sorted(files):
                 path = Path(root) / name
                 rel = PurePosixPath(path.relative_to(folder).as_posix())
-                if self._wanted(rel):
+                if self._wanted(rel) and path.is_file():  # not FIFOs, sockets or devices: they never end
                     self._add(path, (base_rel / rel) if base_rel else rel)
 
     def add_argument(self, arg: str) -> None:
         path = Path(arg)
         if path.is_dir():
-            self.add_folder(path)
+            self.add_folder(path, safe_rel(path.resolve().name) if self.several else None)
         elif path.exists() or path.is_symlink():
             self._add(path, PurePosixPath(path.name))
         elif _has_magic(arg):
@@ -117,7 +122,7 @@ class Collector:
             rel = safe_rel(os.path.relpath(m, base))
             if mp.is_dir():
                 self.add_folder(mp, rel)
-            elif self._wanted(rel) or not self.globs and not self.exts:
+            elif mp.is_file() and (self._wanted(rel) or not self.globs and not self.exts):
                 self._add(mp, rel)
 
     def add_list(self, list_file: str) -> None:
@@ -143,7 +148,7 @@ class Collector:
 
 def collect(arguments: list[str], files_from: str | None = None, globs: list[str] | None = None,
             exts: list[str] | None = None, hidden: bool = False) -> list[Input]:
-    c = Collector(globs, exts, hidden)
+    c = Collector(globs, exts, hidden, several=len(arguments) + bool(files_from) > 1)
     for arg in arguments:
         c.add_argument(arg)
     if files_from:

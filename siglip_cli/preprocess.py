@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import CheckpointError, ImageError, UsageError
 
 NORM_PRESETS = ("auto", "imagenet", "checkpoint")
+# Pillow warns about corrupt EXIF blocks and large images from whichever thread decodes; the size
+# limit is enforced below and a bad EXIF block only loses its orientation, so neither is worth a
+# warning without a path on stderr. (catch_warnings is not thread-safe; module filters are.)
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): ~179 MP, e.g. 16000 x 11000.
 DEFAULT_MAX_PIXELS = 178_956_970
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -125,21 +131,19 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     Images over max_pixels are refused before decoding (decompression bombs), quickly and cheaply.
     """
     name = str(path)
+    if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
+        raise ImageError(name, "not a regular file (a pipe, socket or device)")
     # Pillow itself refuses images over twice this while opening (some formats hide huge frames);
     # the size check below is the exact limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)
+        image = Image.open(path)
         with image:
             if image.width * image.height > max_pixels:
                 raise ImageError(name, f"too many pixels ({image.width}x{image.height} = "
                                        f"{image.width * image.height:,} > --max-pixels {max_pixels:,})")
             image.load()  # decode now: truncation and corrupt data surface here, not later
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # a corrupt EXIF block is not worth a warning per image
-                image = ImageOps.exif_transpose(image)
+            image = ImageOps.exif_transpose(image)
             return to_rgb(image)
     except FileNotFoundError:
         raise ImageError(name, "no such file") from None

@@ -127,7 +127,7 @@ def trace_shapes(config: SiglipVisionConfig, batch_size: int = 1, layer: int = 0
         raise UsageError(f"--layer {layer}: this model has layers 0..{config.num_hidden_layers - 1}")
     if batch_size < 1:
         raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
-    size = image_size or config.image_size
+    size = config.image_size if image_size is None else image_size
     check_image_size(size, config)
     with torch.device("meta"):
         model = SiglipVisionModel(config).eval()
@@ -173,7 +173,7 @@ def trace_shapes(config: SiglipVisionConfig, batch_size: int = 1, layer: int = 0
 def _fmt_flops(n: int | None) -> str:
     if not n:
         return ""
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if n >= scale:
             return f"{n / scale:.1f}{unit}"
     return str(n)
@@ -193,15 +193,19 @@ def render(report: ShapeReport, console) -> None:
                   f"layers={s['layers']}")
     console.print("Axes: B batch, N = T tokens (one per patch), D = C hidden size, heads, head dim = D/heads, "
                   "F MLP size. FLOPs: 2 x multiply-adds.", style="dim")
+    name_w = max(22, *(len(st.name) for st in report.stages)) + 2
+    shape_w = max(18, *(len(str(st.shape)) for st in report.stages)) + 2
+    axes_w = max(len(st.axes) for st in report.stages) + 2
     group = None
     for st in report.stages:
         if st.group != group:
             group = st.group
             console.print(Text(f"\n{group}", style="bold"))
-        line = Text(f"  {st.name:<24.24}", style="cyan")
-        line.append(f"{str(st.shape):<20}")
-        line.append(f"{st.axes:<22}", style="dim")
-        line.append(f"{_fmt_flops(st.flops):>8}")
+        line = Text(f"  {st.name:<{name_w}}", style="cyan")
+        line.append(f"{str(st.shape):<{shape_w}}")
+        line.append(f"{st.axes:<{axes_w}}" if st.flops else st.axes, style="dim")
+        if st.flops:
+            line.append(f"{_fmt_flops(st.flops):>8}")
         console.print(line, no_wrap=True, overflow="ellipsis")
         console.print(Text(f"      {st.explain}", style="italic"), overflow="fold")
     params = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in report.parameters.items())

@@ -58,7 +58,9 @@ def pca_rgb(patches: torch.Tensor) -> np.ndarray:
     x = patches.double() - patches.double().mean(0)
     _, _, v = torch.linalg.svd(x, full_matrices=False)
     proj = (x @ v[:3].T).numpy()
-    return np.stack([_normalise(proj[:, i]) * 255 for i in range(proj.shape[1])], axis=1)
+    channels = [_normalise(proj[:, i]) * 255 for i in range(proj.shape[1])]
+    channels += [np.zeros(len(proj))] * (3 - len(channels))  # fewer than 3 patches: fewer components
+    return np.stack(channels, axis=1)
 
 
 def seen_image(pixels: torch.Tensor, prep: Preprocessing) -> Image.Image:

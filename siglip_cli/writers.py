@@ -32,7 +32,7 @@ def output_format(path: Path) -> str:
 def check_writable(path: Path) -> None:
     """Fail before any work when an output file cannot be created where it is asked for."""
     if path.is_dir():
-        raise UsageError(f"output {str(path)!r} is a directory: give a file name ending in .npy or .safetensors")
+        raise UsageError(f"output {str(path)!r} is a directory: give a file name")
     parent = path.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -51,10 +51,15 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def _temp_prefix(path: Path) -> str:
+    # Short enough that a long file name plus the random part stays under the 255-byte name limit.
+    return f".{path.name.encode()[:120].decode(errors='ignore')}."
+
+
 def _temp_file(path: Path):
     """A new temporary file beside `path` (same folder, so the final rename is atomic)."""
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
     except OSError as e:
         raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
     os.fchmod(fd, 0o666 & ~_UMASK)
@@ -63,7 +68,8 @@ def _temp_file(path: Path):
 
 def clean_stale_temps(path: Path) -> None:
     """Remove what a killed earlier run left while writing `path` (never a finished file)."""
-    for stale in path.parent.glob(f".{glob_escape(path.name)}.*{TMP_SUFFIX}"):
+    # mkstemp's random part is 8 characters: the pattern matches this output's temps and no other's.
+    for stale in path.parent.glob(f"{glob_escape(_temp_prefix(path))}{'?' * 8}{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             stale.unlink()
 

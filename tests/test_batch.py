@@ -137,12 +137,14 @@ def test_outputs_never_leave_the_output_folder(tmp_path, tiny_model_dir, monkeyp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "in").mkdir()
     shutil.copy(PHOTOS[0], tmp_path / "in" / "a.jpg")
-    (tmp_path / "list.txt").write_text(f"in/../in/a.jpg\n{tmp_path / 'in' / 'a.jpg'}\n")
+    shutil.copy(PHOTOS[1], tmp_path / "in" / "b.jpg")
+    (tmp_path / "list.txt").write_text(f"in/../in/a.jpg\n{tmp_path / 'in' / 'b.jpg'}\n{tmp_path / 'in' / 'a.jpg'}\n")
     out = tmp_path / "out"
     proc = run_cli("embed", "--files-from", "list.txt", "--model", str(tiny_model_dir), "-o", "out/", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*.npy"))
-    assert written == sorted(["in/__/in/a.jpg.npy", f"{str(tmp_path / 'in' / 'a.jpg').lstrip('/')}.npy"])
+    # The third line names the first file again: embedded once.
+    assert written == sorted(["in/__/in/a.jpg.npy", f"{str(tmp_path / 'in' / 'b.jpg').lstrip('/')}.npy"])
     # A symlink inside the output tree that points outside it is refused, and nothing is written there.
     outside = tmp_path / "outside"
     outside.mkdir()
@@ -197,8 +199,9 @@ def test_python_api_streams_with_flat_memory(tmp_path):
     paths = sorted(folder.iterdir())
 
     def peak(n: int) -> int:
+        # float16 rows are NumPy copies, which tracemalloc sees (torch's own buffers it does not).
         tracemalloc.start()
-        summary = embed_to(emb, paths[:n], tmp_path / f"s{n}.npy", batch_size=8, workers=2)
+        summary = embed_to(emb, paths[:n], tmp_path / f"s{n}.npy", batch_size=8, workers=2, out_dtype="float16")
         _, top = tracemalloc.get_traced_memory()
         tracemalloc.stop()
         assert summary.embedded == n
@@ -206,9 +209,9 @@ def test_python_api_streams_with_flat_memory(tmp_path):
 
     peak(20)  # warm-up: first-call allocations
     small, large = peak(50), peak(300)
-    row_bytes = 144 * 32 * 4
+    row_bytes = 144 * 32 * 2
     assert np.load(tmp_path / "s300.npy").shape == (300, 144, 32)
-    # Holding the rows would add 250 * 18 KB = 4.6 MB; per-input bookkeeping (paths, report lines) is ~1 KB.
+    # Holding the rows would add 250 * 9 KB = 2.3 MB; per-input bookkeeping (paths, report lines) is ~1 KB.
     assert large - small < 250 * row_bytes / 4, (small, large)
 
 
@@ -241,3 +244,61 @@ def test_progress_bar_on_a_terminal_and_silence_when_piped(photos, tiny_model_di
     assert len(piped.stderr.strip().splitlines()) == 6 + 1  # one line per failure, then the summary
     quiet = run_cli(*args[3:], "-o", f"{tmp_path / 'quiet'}/", "--quiet")
     assert len(quiet.stderr.strip().splitlines()) == 6  # failures only
+
+
+def test_several_folders_keep_their_names_and_outputs_never_collide(tmp_path, tiny_model_dir):
+    for folder in ("p", "q"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(PHOTOS[0], tmp_path / folder / "a.jpg")
+    proc = run_cli("embed", "p", "q", "--model", str(tiny_model_dir), "-o", "out/", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*.npy")) == \
+        ["p/a.jpg.npy", "q/a.jpg.npy"]
+    proc = run_cli("embed", "p/a.jpg", "q/a.jpg", "--model", str(tiny_model_dir), "-o", "flat/", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "q/a.jpg: its output flat/a.jpg.npy would overwrite that of p/a.jpg" in proc.stderr
+    assert len(list((tmp_path / "flat").iterdir())) == 1
+
+
+def test_odd_inputs_are_handled(tmp_path, tiny_model_dir):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    shutil.copy(PHOTOS[0], src / "sub" / "a.jpg")
+    os.symlink("..", src / "sub" / "loop")  # a symlink loop for ** to run around
+    os.mkfifo(src / "pipe.jpg")  # would block a reader forever
+    loop = run_cli("embed", f"{src}/**/*.jpg", "--model", str(tiny_model_dir), "-o", str(tmp_path / "g.npy"))
+    assert loop.returncode == 0, loop.stderr
+    assert np.load(tmp_path / "g.npy").shape == (1, 16, 32)  # one real file, once; a folder's one image stacks
+    assert json.loads((tmp_path / "g.npy.json").read_text())["sources"] == [f"{src}/sub/a.jpg"]
+    walk = run_cli("embed", str(src), "--model", str(tiny_model_dir), "-o", f"{tmp_path / 'w'}/")
+    assert walk.returncode == 0 and "pipe" not in walk.stderr
+    named = run_cli("embed", str(src / "pipe.jpg"), str(src / "sub" / "a.jpg"), "--model", str(tiny_model_dir),
+                    "-o", str(tmp_path / "n.npy"))
+    assert named.returncode == 1 and "pipe.jpg: not a regular file" in named.stderr
+    empty = run_cli("embed", str(src), "--model", str(tiny_model_dir), "-o", f"{tmp_path / 'e'}/", "--shard", "3/4")
+    assert empty.returncode == 0 and "shard 3/4: nothing to do (1 inputs in all" in empty.stderr
+    report = run_cli("embed", str(src), "--model", str(tiny_model_dir), "-o", f"{tmp_path / 'r'}/",
+                     "--report", str(tmp_path / "no" / "such" / "dir" / "r.jsonl"))
+    report2 = run_cli("embed", str(src), "--model", str(tiny_model_dir), "-o", f"{tmp_path / 'r'}/",
+                      "--report", "/proc/r.jsonl")
+    assert report.returncode == 0  # the report's folder is created
+    assert report2.returncode == 2 and "Error: cannot write to output folder '/proc'" in report2.stderr
+    assert not (tmp_path / "r" / "sub" / "a.jpg.npy").exists() or report.returncode == 0
+
+
+def test_sigterm_removes_the_partial_stacked_file(tmp_path):
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(40):
+        shutil.copy(PHOTOS[i % 3], src / f"img{i:02d}.jpg")
+    proc = subprocess.Popen([sys.executable, "-m", "siglip_cli", "embed", str(src), "--random-init", "--batch-size",
+                             "1", "--workers", "1", "-o", str(tmp_path / "all.npy"), "--report",
+                             str(tmp_path / "r.jsonl")], stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(".all.npy.*.siglip-tmp")):
+        time.sleep(0.05)
+    time.sleep(2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["many", "r.jsonl"]
+    assert 0 < len((tmp_path / "r.jsonl").read_text().splitlines()) < 40

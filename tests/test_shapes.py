@@ -63,8 +63,15 @@ def test_json_and_printed_shapes_equal_a_real_forward_pass(name, config, how, ba
     assert shapes["head.attention"] == real["head.attention"]
     assert shapes["head.attention_weights"] == real["head_weights"]
     assert shapes["head.pooled"] == real["head"]
-    B, N, D, h = batch, real["fc1"][1], config.hidden_size, config.num_attention_heads
-    assert shapes["split_heads"] == [B, N, h, D // h] and shapes["scores"] == [B, h, N, N]
+    # Every step inside attention, against the same steps recorded by a real CPU forward with weights.
+    model = SiglipVisionModel.random_init(config)
+    recorded: dict = {}
+    with torch.no_grad():
+        model.vision_model(torch.randn(batch, 3, config.image_size, config.image_size), trace=recorded,
+                           trace_layer=layer)
+    for key, tensor in recorded.items():
+        assert shapes[key] == list(tensor.shape), key
+    D, h = config.hidden_size, config.num_attention_heads
     assert [s["name"] for s in report["stages"]][:4] == ["input image", "preprocessed pixels", "patch_embedding",
                                                          "flatten"]
     assert report["summary"]["scale"] == pytest.approx(1 / (D // h) ** 0.5)

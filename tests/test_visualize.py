@@ -66,3 +66,8 @@ def test_colormap_runs_dark_to_bright():
     ramp = colormap(np.array([0.0, 0.5, 1.0]))
     assert ramp[0].tolist() == [68, 1, 84] and ramp[2].tolist() == [253, 231, 37]
     assert ramp.sum(1)[0] < ramp.sum(1)[1] < ramp.sum(1)[2]
+
+
+def test_a_single_patch_still_draws(ckpt, tmp_path):
+    picture = draw(ckpt, PHOTOS[4], tmp_path / "one.png", "--image-size", "8")  # RGBA logo, 1x1 patch grid
+    assert picture.shape == (410, 936, 3)
