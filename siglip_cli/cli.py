@@ -219,6 +219,8 @@ def embed(
 
       siglip embed photo.jpg --random-init -o smoke.npy
     """
+    from glob import has_magic as glob_has_magic
+
     from .batch import embed_to, is_folder_output
     from .embed import Embedder
     from .inputs import collect, parse_shard, shard
@@ -245,7 +247,9 @@ def embed(
             _err(f"shard {k}/{n}: nothing to do ({total} inputs in all, fewer than {n} shards)")
             return
     # One named image file -> its array; anything that can hold several (folders, globs, lists) -> stacked.
-    single = not folder and len(inputs or []) == 1 and not files_from and Path(inputs[0]).is_file()
+    named_one = len(inputs or []) == 1 and not files_from and not Path(inputs[0]).is_dir() \
+        and not (glob_has_magic(inputs[0]) and not Path(inputs[0]).exists())
+    single = not folder and named_one
     if single and items[0].error:
         raise ImageError(str(items[0].path), items[0].error)
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
