@@ -99,3 +99,29 @@ def run_cli(*args: str, env: dict | None = None, cwd: Path | None = None) -> sub
 
 def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
+
+
+def run_on_terminal(args: list[str], env: dict) -> tuple[int, str, str]:
+    """Run the CLI with stderr on a pseudo-terminal (as in a shell) and stdout on a pipe.
+
+    Returns the exit code, what was drawn on the terminal, and stdout.
+    """
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "siglip_cli", *args], stdout=subprocess.PIPE, stderr=slave,
+                            env=env)
+    os.close(slave)
+    drawn = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        drawn += chunk
+    stdout = proc.stdout.read().decode()
+    code = proc.wait(timeout=120)
+    os.close(master)
+    return code, drawn.decode(errors="replace"), stdout

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PATCH14, PHOTOS, TINY, build_checkpoint, run_cli
+from conftest import PATCH14, PHOTOS, TINY, build_checkpoint, run_cli, run_on_terminal
 from fakehub import FakeHub
 
 JUNK = {"tokenizer.json": b"{}", "spiece.model": b"x" * 100, "pytorch_model.bin": b"pickle" * 100,
@@ -298,29 +298,10 @@ def test_disk_full_is_one_clear_line():
 
 
 def test_download_progress_is_drawn_on_a_terminal_stderr_only(hub, tmp_path):
-    import pty
-    import subprocess
-    import sys
-
-    master, slave = pty.openpty()
     env = {**os.environ, **hub_env(hub, tmp_path), "COLUMNS": "100"}
     env.pop("NO_COLOR", None)
-    proc = subprocess.Popen([sys.executable, "-m", "siglip_cli", "download-weights", "acme/siglip-full"],
-                            stdout=subprocess.PIPE, stderr=slave, env=env)
-    os.close(slave)
-    drawn = b""
-    while True:
-        try:
-            chunk = os.read(master, 4096)
-        except OSError:  # the child closed its end
-            break
-        if not chunk:
-            break
-        drawn += chunk
-    stdout = proc.stdout.read().decode()
-    assert proc.wait(timeout=120) == 0
-    os.close(master)
-    text = drawn.decode(errors="replace")
+    code, text, stdout = run_on_terminal(["download-weights", "acme/siglip-full"], env)
+    assert code == 0
     assert "downloading" in text and "kB" in text  # rich's bar: description and bytes
     assert "\x1b[" in text  # drawn with terminal control codes
     assert "downloading" not in stdout and stdout.startswith("model:    acme/siglip-full")
