@@ -120,20 +120,20 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _git_blob_sha1(path: Path) -> str:
-    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+def _hash_file(path: Path, h):
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _git_blob_sha1(path: Path) -> str:
+    """git's object id of a file: what the hub records for files outside LFS."""
+    return _hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
 
 
 def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return _hash_file(path, hashlib.sha256())
 
 
 def select_files(repo_id: str, names: list[str]) -> list[str]:
@@ -241,6 +241,13 @@ def _cached_folder(repo_id: str, revision: str | None, cache_dir: Path | None, l
                                  f"cache: run `{download_command(repo_id, revision)}`") from None
 
 
+def _download_metadata(local_dir: Path, name: str) -> tuple[str, str]:
+    """(commit, etag) that huggingface_hub recorded for a file downloaded into a --local-dir."""
+    meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{name}.metadata"
+    lines = [line.strip() for line in meta.read_text().splitlines()] if meta.is_file() else []
+    return (lines[0] if lines else "unknown"), (lines[1] if len(lines) > 1 else "")
+
+
 def _recorded_hashes(folder: Path, names: list[str], local_dir: Path | None) -> dict[str, str]:
     """The hub's hashes as recorded at download time, read without the network.
 
@@ -249,12 +256,7 @@ def _recorded_hashes(folder: Path, names: list[str], local_dir: Path | None) -> 
     """
     out = {}
     for name in names:
-        if local_dir is not None:
-            meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{name}.metadata"
-            lines = meta.read_text().splitlines() if meta.is_file() else []
-            etag = lines[1].strip() if len(lines) > 1 else ""
-        else:
-            etag = (folder / name).resolve().name
+        etag = _download_metadata(local_dir, name)[1] if local_dir is not None else (folder / name).resolve().name
         if len(etag) in (40, 64) and all(c in "0123456789abcdef" for c in etag):
             out[name] = etag
     return out
@@ -274,15 +276,9 @@ def verify_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path
                             f"`{download_command(repo_id, revision)}` again")
     verify_files(repo_id, folder, hashes)
     check_checkpoint(folder)
-    commit = folder.name if local_dir is None else _local_commit(local_dir, names)
+    commit = folder.name if local_dir is None else _download_metadata(local_dir, names[0])[0]
     return Downloaded(repo_id, commit, folder, {n: (folder / n).stat().st_size for n in names},
                       _is_full_checkpoint(folder))
-
-
-def _local_commit(local_dir: Path, names: list[str]) -> str:
-    meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{names[0]}.metadata"
-    lines = meta.read_text().splitlines() if meta.is_file() else []
-    return lines[0].strip() if lines else "unknown"
 
 
 def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, progress: bool = True,

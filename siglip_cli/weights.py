@@ -54,14 +54,18 @@ def map_checkpoint_key(name: str) -> str | None:
     return name
 
 
+def _read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}): re-download the checkpoint") from None
+
+
 def read_config(ckpt: Path) -> SiglipVisionConfig:
     path = ckpt / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{ckpt}: no config.json: not a Hugging Face checkpoint directory")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}): re-download the checkpoint") from None
+    data = _read_json(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object: re-download the checkpoint")
     return SiglipVisionConfig.from_hf_dict(data)
@@ -71,10 +75,7 @@ def read_preprocessor_config(ckpt: Path) -> dict | None:
     path = ckpt / "preprocessor_config.json"
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}): re-download the checkpoint") from None
+    data = _read_json(path)
     return data if isinstance(data, dict) else None
 
 

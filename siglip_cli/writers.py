@@ -7,6 +7,7 @@ complete, so a run killed at any moment leaves either the old file or the new on
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -69,15 +70,9 @@ def _temp_file(path: Path):
 def clean_stale_temps(path: Path) -> None:
     """Remove what a killed earlier run left while writing `path` (never a finished file)."""
     # mkstemp's random part is 8 characters: the pattern matches this output's temps and no other's.
-    for stale in path.parent.glob(f"{glob_escape(_temp_prefix(path))}{'?' * 8}{TMP_SUFFIX}"):
+    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}{'?' * 8}{TMP_SUFFIX}"):
         with contextlib.suppress(OSError):
             stale.unlink()
-
-
-def glob_escape(name: str) -> str:
-    import glob
-
-    return glob.escape(name)
 
 
 def _commit(f, tmp: Path, path: Path) -> None:
@@ -107,35 +102,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
-def write_embeddings(path: Path, array: np.ndarray, metadata: dict[str, object],
-                     sources: list[str] | None = None) -> list[Path]:
-    """Write one array; with `sources` (stacked output) record the source path of each row.
+def write_embeddings(path: Path, array: np.ndarray, metadata: dict[str, object]) -> list[Path]:
+    """Write one image's array with its metadata (.safetensors header; .npy has none).
 
-    .safetensors keeps everything in its header metadata; .npy gets a JSON sidecar `<path>.json`
-    with the same metadata and the ordered sources. Returns the files written.
+    Stacked outputs of many images go through StackedWriter. Returns the files written.
     """
-    meta = dict(metadata)
-    if sources is not None:
-        meta["sources"] = sources
     array = np.ascontiguousarray(array)
     if output_format(path) == ".safetensors":
         from safetensors.numpy import save
 
-        header = {k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()}
-        atomic_write_bytes(path, save({TENSOR_NAME: array}, metadata=header))
+        atomic_write_bytes(path, save({TENSOR_NAME: array}, metadata=_header_text(metadata)))
         return [path]
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     atomic_write_bytes(path, buf.getvalue())
-    sidecar = path.with_name(path.name + ".json")
-    if sources is None:
-        # A sidecar left by an earlier stacked run would describe another array: it goes.
-        with contextlib.suppress(FileNotFoundError):
-            sidecar.unlink()
-        return [path]
-    meta["shape"] = list(array.shape)
-    atomic_write_bytes(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
-    return [path, sidecar]
+    # A sidecar left by an earlier stacked run would describe another array: it goes.
+    with contextlib.suppress(FileNotFoundError):
+        path.with_name(path.name + ".json").unlink()
+    return [path]
 
 
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, object]]:

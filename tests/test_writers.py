@@ -6,9 +6,18 @@ import numpy as np
 import pytest
 
 from siglip_cli.errors import OutputError, UsageError
-from siglip_cli.writers import check_writable, output_format, read_embeddings, write_embeddings
+from siglip_cli.writers import (StackedWriter, check_writable, output_format, read_embeddings,
+                                write_embeddings)
 
 META = {"model": "acme/m", "pool": "map", "image_size": 224, "image_mean": [0.5, 0.5, 0.5]}
+
+
+def write_stacked(path, array, meta, sources):
+    """Rows of `array` through the streaming writer, as `siglip embed` writes several images."""
+    writer = StackedWriter(path, len(array), meta, sources)
+    for row in array:
+        writer.add(row)
+    return writer.finish(sources)
 
 
 def test_format_comes_from_the_suffix(tmp_path):
@@ -21,7 +30,7 @@ def test_format_comes_from_the_suffix(tmp_path):
 def test_safetensors_carries_metadata_and_sources(tmp_path):
     a = np.arange(12, dtype=np.float32).reshape(2, 6)
     out = tmp_path / "e.safetensors"
-    assert write_embeddings(out, a, META, sources=["x.jpg", "y.png"]) == [out]
+    assert write_stacked(out, a, META, ["x.jpg", "y.png"]) == [out]
     got, meta = read_embeddings(out)
     assert np.array_equal(got, a)
     assert meta == {**META, "sources": ["x.jpg", "y.png"]}
@@ -29,7 +38,7 @@ def test_safetensors_carries_metadata_and_sources(tmp_path):
 
 def test_npy_stacked_gets_a_sidecar_and_single_does_not(tmp_path):
     a = np.ones((3, 4), dtype=np.float32)
-    written = write_embeddings(tmp_path / "s.npy", a, META, sources=["1", "2", "3"])
+    written = write_stacked(tmp_path / "s.npy", a, META, ["1", "2", "3"])
     assert written == [tmp_path / "s.npy", tmp_path / "s.npy.json"]
     side = json.loads((tmp_path / "s.npy.json").read_text())
     assert side["sources"] == ["1", "2", "3"] and side["shape"] == [3, 4] and side["model"] == "acme/m"
@@ -64,7 +73,7 @@ def test_unwritable_destinations_fail_before_any_work(tmp_path):
 
 def test_a_single_array_replaces_a_stale_sidecar(tmp_path):
     out = tmp_path / "e.npy"
-    write_embeddings(out, np.ones((2, 3), dtype=np.float32), META, sources=["a", "b"])
+    write_stacked(out, np.ones((2, 3), dtype=np.float32), META, ["a", "b"])
     assert (tmp_path / "e.npy.json").exists()
     write_embeddings(out, np.zeros(3, dtype=np.float32), META)
     assert not (tmp_path / "e.npy.json").exists()
