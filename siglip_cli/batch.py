@@ -129,7 +129,7 @@ class _Run:
             raise ImageError(str(item.path), item.error)
         if self.folder and not self.overwrite and self.target(item).exists():
             return None
-        return load_image(item.path, max_pixels=self.embedder.max_pixels)
+        return load_image(item.path, max_pixels=self.embedder.max_pixels, draft=self.embedder.draft)
 
     def record(self, outcome: Outcome) -> None:
         setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)

@@ -141,6 +141,17 @@ class OutDtype(str, Enum):
     float16 = "float16"
 
 
+class Dtype(str, Enum):
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Quantize(str, Enum):
+    none = "none"
+    int8 = "int8"
+
+
 @app.command(no_args_is_help=True, epilog=EXIT_CODES_HELP)
 def embed(
     inputs: Annotated[Optional[list[str]], typer.Argument(
@@ -163,6 +174,18 @@ def embed(
     = Norm.auto,
     image_size: ImageSizeOpt = None,
     device: DeviceOpt = Device.auto,
+    dtype: Annotated[Dtype, typer.Option(
+        "--dtype", case_sensitive=False,
+        help="Compute precision. bfloat16/float16: for GPUs, with LayerNorm and softmax kept in float32; "
+             "float32: the checkpoint's own numbers.")] = Dtype.float32,
+    quantize: Annotated[Quantize, typer.Option(
+        "--quantize", case_sensitive=False,
+        help="int8: dynamic int8 Linear layers on the CPU, ~1.5x faster and approximate (cosine ~0.999 to "
+             "float32).")] = Quantize.none,
+    exact_decode: Annotated[bool, typer.Option(
+        "--exact-decode", help="Decode every JPEG at full size. By default a large JPEG decodes at 1/2 to 1/8 "
+                               "scale while each side keeps >= 3x the model's input: several times faster, "
+                               "within a few levels in 255 of the full decode.")] = False,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 8,
     workers: Annotated[Optional[int], typer.Option(
         "--workers", min=0, show_default=False,
@@ -217,6 +240,10 @@ def embed(
 
       find /data -name '*.jpg' | siglip embed --files-from - -o out/ --shard 0/4
 
+      siglip embed photos/ -o embeddings/ --quantize int8        # CPU, ~1.5x faster, approximate
+
+      siglip embed photos/ -o embeddings/ --device cuda --dtype bfloat16
+
       siglip embed photo.jpg --random-init -o smoke.npy
     """
     from glob import has_magic as glob_has_magic
@@ -254,7 +281,8 @@ def embed(
         raise ImageError(str(items[0].path), items[0].error)
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
                              image_size=image_size, device=device.value, offline=offline, note=_note,
-                             max_pixels=max_pixels, cache_dir=cache_dir)
+                             max_pixels=max_pixels, cache_dir=cache_dir, dtype=dtype.value,
+                             quantize=quantize.value, exact_decode=exact_decode)
     if random_init:
         _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
              "Use --model with a real checkpoint for meaningful ones.")

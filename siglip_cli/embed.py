@@ -23,7 +23,8 @@ from . import __version__
 from .config import DEFAULT_MODEL_ID, check_image_size
 from .errors import ImageError, UsageError
 from .model import NO_HEAD, POOL_MODES, SiglipVisionModel
-from .preprocess import DEFAULT_MAX_PIXELS, Preprocessing, choose_preprocessing, load_image, to_rgb
+from .precision import set_precision
+from .preprocess import DEFAULT_MAX_PIXELS, DRAFT_GAP, Preprocessing, choose_preprocessing, load_image, to_rgb
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
@@ -86,22 +87,27 @@ def prefetch(fn: Callable, items: Iterable, workers: int, window: int) -> Iterat
 
 class Embedder:
     def __init__(self, model: SiglipVisionModel, preprocessing: Preprocessing, pool: str = "none",
-                 device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
+                 device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "float32",
+                 quantize: str = "none", exact_decode: bool = False):
         if pool not in POOL_MODES:
             raise UsageError(f"unknown --pool {pool!r}: use one of {', '.join(POOL_MODES)}")
         if pool == "map" and not model.has_head:
             raise UsageError(NO_HEAD)
         check_image_size(preprocessing.image_size, model.config)
         self.device = pick_device(device)
-        self.model = model.to(self.device).eval()
+        self.model = set_precision(model, dtype, quantize, self.device).to(self.device).eval()
         self.preprocessing = preprocessing
         self.pool = pool
         self.max_pixels = max_pixels
+        self.dtype, self.quantize = dtype, quantize
+        # JPEGs decode at reduced scale while >= DRAFT_GAP x the output size (see preprocess.DRAFT_GAP).
+        self.draft = None if exact_decode else preprocessing.image_size * DRAFT_GAP
 
     @classmethod
     def load(cls, model: str | None = None, *, random_init: bool = False, pool: str = "none",
              norm: str = "auto", image_size: int | None = None, device: str = "auto", offline: bool = False,
-             note=None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir=None) -> "Embedder":
+             note=None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir=None, dtype: str = "float32",
+             quantize: str = "none", exact_decode: bool = False) -> "Embedder":
         """A hub id or checkpoint directory (default google/siglip-base-patch16-224, downloaded into the
         Hugging Face cache when missing unless offline), or the seeded untrained base model."""
         if random_init and model is not None:
@@ -117,7 +123,8 @@ class Embedder:
             check_image_size(image_size, net.config)
         prep = choose_preprocessing(norm, net.preprocessor_config, net.config.image_size, image_size,
                                     where=str(net.name_or_path))
-        return cls(net, prep, pool=pool, device=device, max_pixels=max_pixels)
+        return cls(net, prep, pool=pool, device=device, max_pixels=max_pixels, dtype=dtype, quantize=quantize,
+                   exact_decode=exact_decode)
 
     def metadata(self) -> dict[str, object]:
         """What produced these embeddings: recorded in every output file."""
@@ -133,6 +140,9 @@ class Embedder:
             "rescale_factor": p.rescale_factor,
             "image_size": p.image_size,
             "dtype": "float32",
+            "compute_dtype": self.dtype,
+            "quantize": self.quantize,
+            "decode": "exact" if self.draft is None else f"jpeg-draft>={self.draft}px",
             "siglip_cli_version": __version__,
         }
 
@@ -153,7 +163,7 @@ class Embedder:
             elif isinstance(item, Image.Image):
                 image = to_rgb(item)
             else:
-                image = load_image(item, max_pixels=self.max_pixels)
+                image = load_image(item, max_pixels=self.max_pixels, draft=self.draft)
         except ImageError as e:
             return Result(source, error=e.reason, item=item)
         return Result(source, embedding=self.preprocessing(image), item=item)  # pixels until embedded

@@ -28,6 +28,11 @@ warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): ~179 MP, e.g. 16000 x 11000.
 DEFAULT_MAX_PIXELS = 178_956_970
+# JPEGs are decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) only while every side keeps at
+# least this many times the output size, so the bicubic resize still does the final filtering.
+# Pillow documents a reducing gap of 3 as "indistinguishable from fair resampling in most cases";
+# measured here: at most 2-3 levels in 255 on photos (mean 0.2), see the README. --exact-decode: off.
+DRAFT_GAP = 3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # PIL's resampling filters by the names (and the integer codes) preprocessor configs use.
@@ -125,10 +130,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: int | None = None) -> Image.Image:
     """Decode an image file as the model should see it: first frame, EXIF orientation applied, RGB.
 
     Images over max_pixels are refused before decoding (decompression bombs), quickly and cheaply.
+    draft=S lets a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that keeps both sides >= S pixels:
+    several times faster for camera photos; other formats always decode whole.
     """
     name = str(path)
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
@@ -142,6 +149,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
             if image.width * image.height > max_pixels:
                 raise ImageError(name, f"too many pixels ({image.width}x{image.height} = "
                                        f"{image.width * image.height:,} > --max-pixels {max_pixels:,})")
+            if draft:
+                image.draft(None, (draft, draft))  # a no-op for formats other than JPEG
             image.load()  # decode now: truncation and corrupt data surface here, not later
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)

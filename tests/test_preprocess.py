@@ -7,7 +7,7 @@ from PIL import Image
 
 from siglip_cli.errors import CheckpointError, ImageError, UsageError
 from siglip_cli.preprocess import (IMAGENET_MEAN, IMAGENET_STD, checkpoint_preprocessing, choose_preprocessing,
-                                   imagenet_preprocessing, load_image)
+                                   imagenet_preprocessing, load_image, DRAFT_GAP)
 
 from conftest import DATA, PHOTOS
 
@@ -126,3 +126,52 @@ def test_cmyk_and_animated_images():
     # APNG: frame 0 is the red default image, not the green animation.
     r, g, b = np.asarray(load_image(DATA / "apng_single_frame_default.png")).reshape(-1, 3).mean(0)
     assert r > 200 and g < 50
+
+
+
+@pytest.fixture(scope="module")
+def camera_jpeg(tmp_path_factory):
+    """A 2400x1800 JPEG from a real photo, rotated by EXIF (orientation 6: the stored image is 1800x2400)."""
+    path = tmp_path_factory.mktemp("camera") / "camera.jpg"
+    image = Image.open(PHOTOS[0]).convert("RGB").resize((1800, 2400), Image.Resampling.LANCZOS)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(path, quality=92, exif=exif)
+    return path
+
+
+def test_draft_decodes_a_large_jpeg_at_reduced_scale_never_below_the_gap(camera_jpeg):
+    exact = load_image(camera_jpeg)
+    assert exact.size == (2400, 1800)  # EXIF rotation applied
+    # 3 x 224 = 672: 1/2 scale keeps 900 >= 672 on the short side, 1/4 (450) would not.
+    assert load_image(camera_jpeg, draft=DRAFT_GAP * 224).size == (1200, 900)
+    assert load_image(camera_jpeg, draft=DRAFT_GAP * 64).size == (300, 225)  # 1/8: 225 >= 192
+    assert load_image(camera_jpeg, draft=2000).size == (2400, 1800)  # no scale keeps 2000: whole
+    # Small JPEGs and other formats decode whole.
+    assert load_image(PHOTOS[0], draft=DRAFT_GAP * 224).size == Image.open(PHOTOS[0]).size
+    assert load_image(PHOTOS[3], draft=3).size == Image.open(PHOTOS[3]).size  # PNG
+
+
+@pytest.mark.parametrize("size", [224, 96, 384])
+def test_draft_decode_is_within_a_few_levels_of_the_exact_decode(camera_jpeg, size):
+    prep = checkpoint_preprocessing({**SIGLIP_PREPROCESSOR, "size": {"height": size, "width": size}}, None)
+    exact = prep(load_image(camera_jpeg))
+    drafted = prep(load_image(camera_jpeg, draft=DRAFT_GAP * size))
+    levels = (drafted - exact).abs() * 127.5  # mean = std = 0.5: one level in 255 is 2/255 here
+    if size == 384:  # 3 x 384 > 1800: no reduced scale is allowed, the decode is the exact one
+        assert levels.max().item() == 0
+        return
+    assert 0 < levels.max().item() <= 3
+    assert levels.mean().item() <= 0.3
+
+
+def test_embedder_drafts_by_default_and_not_with_exact_decode(camera_jpeg):
+    from siglip_cli.embed import Embedder
+
+    fast = Embedder.load(random_init=True)
+    exact = Embedder.load(random_init=True, exact_decode=True)
+    assert fast.draft == 672 and exact.draft is None
+    assert fast.metadata()["decode"] == "jpeg-draft>=672px" and exact.metadata()["decode"] == "exact"
+    a, b = fast.prepare(camera_jpeg).embedding, exact.prepare(camera_jpeg).embedding
+    torch.testing.assert_close(b, imagenet_preprocessing(224)(load_image(camera_jpeg)), atol=0, rtol=0)
+    assert 0 < (a - b).abs().max().item() < 0.1
