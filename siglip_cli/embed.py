@@ -94,7 +94,8 @@ class Embedder:
         if pool == "map" and not model.has_head:
             raise UsageError(NO_HEAD)
         check_image_size(preprocessing.image_size, model.config)
-        self.device = pick_device(device)
+        # int8 kernels are CPU kernels: "auto" means the CPU then, an explicit GPU is an error.
+        self.device = pick_device("cpu" if quantize == "int8" and device == "auto" else device)
         self.model = set_precision(model, dtype, quantize, self.device).to(self.device).eval()
         self.preprocessing = preprocessing
         self.pool = pool

@@ -186,3 +186,32 @@ def test_console_script_and_module_entry_points():
     assert subprocess.run([str(script), "--version"], capture_output=True, text=True).stdout == f"siglip {__version__}\n"
     proc = run_cli("--help")
     assert proc.returncode == 0 and "embed" in proc.stdout
+
+
+def test_dtype_and_quantize_are_recorded_and_change_the_numbers_a_little(tiny_ckpt, tmp_path):
+    outputs = {}
+    for name, extra in (("exact", []), ("bf16", ["--dtype", "bfloat16", "--device", "cpu"]),
+                        ("int8", ["--quantize", "int8"])):
+        out = tmp_path / f"{name}.safetensors"
+        result = CliRunner().invoke(app, ["embed", *map(str, PHOTOS[:3]), "--model", str(tiny_ckpt), "--pool",
+                                          "map", "-o", str(out), *extra])
+        assert result.exit_code == 0, result.output
+        outputs[name] = read_embeddings(out)
+    exact, meta = outputs["exact"]
+    assert (meta["compute_dtype"], meta["quantize"]) == ("float32", "none")
+    assert (outputs["bf16"][1]["compute_dtype"], outputs["int8"][1]["quantize"]) == ("bfloat16", "int8")
+    for name in ("bf16", "int8"):
+        approx, meta = outputs[name]
+        assert approx.shape == exact.shape == (3, 32) and approx.dtype == np.float32 and meta["dtype"] == "float32"
+        cos = (approx * exact).sum(1) / np.linalg.norm(approx, axis=1) / np.linalg.norm(exact, axis=1)
+        assert cos.min() > 0.98, name
+        assert not np.array_equal(approx, exact), name
+
+
+def test_quantize_with_half_precision_is_a_usage_error(tmp_path):
+    proc = run_cli("embed", str(PHOTOS[0]), "--random-init", "--quantize", "int8", "--dtype", "float16",
+                   "-o", str(tmp_path / "o.npy"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == \
+        "Error: --quantize int8 and --dtype bfloat16/float16 do not combine: choose one"
+    assert not (tmp_path / "o.npy").exists()

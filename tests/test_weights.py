@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 import shutil
 
 import pytest
@@ -44,6 +45,23 @@ def test_every_layout_loads_exactly(tmp_path, layout, head):
     assert model.has_head is head
     assert model.preprocessor_config["resample"] == 3
     assert model.name_or_path == str(tmp_path) and not model.training
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_weights_are_memory_mapped_from_the_file_not_copied(tmp_path):
+    build_checkpoint(tmp_path / "ckpt", TINY, layout="vision5")
+    model = SiglipVisionModel.from_pretrained(str(tmp_path / "ckpt"))
+    weights_file = str((tmp_path / "ckpt" / "model.safetensors").resolve())
+    regions = []
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split()
+        if len(fields) >= 6 and fields[5] == weights_file:
+            lo, hi = (int(v, 16) for v in fields[0].split("-"))
+            regions.append((lo, hi))
+    assert regions, "model.safetensors is not mapped into memory"
+    params = dict(model.named_parameters())
+    inside = [name for name, p in params.items() if any(lo <= p.data_ptr() < hi for lo, hi in regions)]
+    assert sorted(inside) == sorted(params)
 
 
 def test_text_tower_is_never_read_from_a_single_file(tmp_path, monkeypatch):
