@@ -15,7 +15,7 @@ import time
 HEAVY = ("torch", "torchvision", "numpy", "safetensors", "huggingface_hub", "PIL", "pydantic")
 PROBE = ("import runpy, sys; sys.argv = ['siglip', *sys.argv[1:]]\n"
          "try:\n    runpy.run_module('siglip_cli', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-         f"print(','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
+         f"print('HEAVY:' + ','.join(m for m in {HEAVY!r} if m in sys.modules), file=sys.stderr)")
 
 
 def main() -> None:
@@ -29,8 +29,9 @@ def main() -> None:
             t0 = time.perf_counter()
             subprocess.run([sys.executable, "-m", "siglip_cli", *command], check=True, capture_output=True)
             walls.append(time.perf_counter() - t0)
-        heavy = subprocess.run([sys.executable, "-c", PROBE, *command], check=True, capture_output=True,
-                               text=True).stderr.strip().splitlines()[-1]
+        stderr = subprocess.run([sys.executable, "-c", PROBE, *command], check=True, capture_output=True,
+                                text=True).stderr
+        heavy = stderr[stderr.rindex("HEAVY:") + len("HEAVY:"):].strip()
         result["siglip " + " ".join(command)] = {"median_s": round(statistics.median(walls), 3),
                                                  "max_s": round(max(walls), 3),
                                                  "heavy_imports": heavy or "none"}

@@ -95,3 +95,15 @@ def test_precision_combinations_that_cannot_work_are_usage_errors():
         set_precision(model, "float8", "none", torch.device("cpu"))
     with pytest.raises(UsageError, match="unknown --quantize 'int4'"):
         set_precision(model, "float32", "int4", torch.device("cpu"))
+
+
+def test_in_place_gelu_never_overwrites_a_traced_tensor():
+    cfg = SiglipVisionConfig(**TINY)
+    model = SiglipVisionModel.random_init(cfg)
+    trace: dict = {}
+    with torch.inference_mode():
+        model.vision_model(torch.randn(1, 3, 32, 32), trace=trace)
+        untraced = model.vision_model(torch.randn(1, 3, 32, 32))
+    assert untraced.shape == (1, 16, 32)
+    torch.testing.assert_close(trace["gelu"], F.gelu(trace["fc1"], approximate="tanh"), atol=1e-6, rtol=1e-6)
+    assert not torch.equal(trace["gelu"], trace["fc1"])
