@@ -96,7 +96,7 @@ class Embedder:
         check_image_size(preprocessing.image_size, model.config)
         # int8 kernels are CPU kernels: "auto" means the CPU then, an explicit GPU is an error.
         self.device = pick_device("cpu" if quantize == "int8" and device == "auto" else device)
-        self.model = set_precision(model, dtype, quantize, self.device).to(self.device).eval()
+        self.model = set_precision(model.to(self.device), dtype, quantize, self.device).eval()
         self.preprocessing = preprocessing
         self.pool = pool
         self.max_pixels = max_pixels
