@@ -86,6 +86,9 @@ def prefetch(fn: Callable, items: Iterable, workers: int, window: int) -> Iterat
 
 
 class Embedder:
+    """A model on its device at its precision, with its preprocessing. dtype/quantize convert the
+    model passed in, in place (as --dtype/--quantize); exact_decode turns JPEG draft decoding off."""
+
     def __init__(self, model: SiglipVisionModel, preprocessing: Preprocessing, pool: str = "none",
                  device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "float32",
                  quantize: str = "none", exact_decode: bool = False):
