@@ -251,6 +251,7 @@ def embed(
     from .batch import embed_to, is_folder_output
     from .embed import Embedder
     from .inputs import collect, parse_shard, shard
+    from .precision import check_precision
     from .writers import check_writable, output_format, refuse_overwriting_inputs
 
     if not inputs and not files_from:
@@ -279,6 +280,7 @@ def embed(
     single = not folder and named_one
     if single and items[0].error:
         raise ImageError(str(items[0].path), items[0].error)
+    check_precision(dtype.value, quantize.value, device.value)  # before a model is downloaded or loaded
     embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
                              image_size=image_size, device=device.value, offline=offline, note=_note,
                              max_pixels=max_pixels, cache_dir=cache_dir, dtype=dtype.value,

@@ -171,7 +171,8 @@ class TanhGELU(nn.GELU):
         super().__init__(approximate="tanh")
 
     def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or x.dim() == 0:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or x.numel() == 0 \
+                or x.dim() == 0:
             return super().forward(x)
         if not x.is_contiguous():
             x, inplace = x.contiguous(), True  # a fresh copy: ours to overwrite
@@ -182,6 +183,13 @@ class TanhGELU(nn.GELU):
             z = torch.addcmul(a, a, a * a, value=0.044715)  # x + 0.044715 x^3
             torch.mul(a, z.mul_(_GELU_K).sigmoid_(), out=y)
         return out
+
+
+def _has_forward_hooks(*modules: nn.Module) -> bool:
+    """Whether a forward hook (on these modules, or a global one) would be handed their tensors."""
+    from torch.nn.modules import module as _module
+
+    return bool(_module._global_forward_hooks) or any(m._forward_hooks for m in modules)
 
 
 class SiglipMLP(nn.Module):
@@ -196,9 +204,12 @@ class SiglipMLP(nn.Module):
     def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
         x = self.fc1(x)  # (B, N, F)
         _record(trace, "fc1", x)
-        # fc1's output is this function's own unless a trace keeps it: overwrite it, no second (B, N, F).
-        x = self.activation_fn(x, inplace=trace is None) if isinstance(self.activation_fn, TanhGELU) \
-            else self.activation_fn(x)
+        # fc1's output is this function's own unless a trace or a forward hook sees it: then overwrite
+        # it rather than allocate a second (B, N, F).
+        if isinstance(self.activation_fn, TanhGELU):
+            x = self.activation_fn(x, inplace=trace is None and not _has_forward_hooks(self.fc1, self.activation_fn))
+        else:
+            x = self.activation_fn(x)
         _record(trace, "gelu", x)
         x = self.fc2(x)  # (B, N, D)
         _record(trace, "fc2", x)

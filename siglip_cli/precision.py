@@ -65,17 +65,21 @@ def quantize_int8(model: SiglipVisionModel) -> SiglipVisionModel:
     return model
 
 
-def set_precision(model: SiglipVisionModel, dtype: str, quantize: str, device: torch.device) -> SiglipVisionModel:
-    """Apply --dtype and --quantize for a model that runs on device."""
+def check_precision(dtype: str, quantize: str, device: str) -> None:
+    """Refuse --dtype/--quantize/--device combinations that cannot work, before any model is loaded."""
     if quantize not in QUANTIZE:
         raise UsageError(f"unknown --quantize {quantize!r}: use one of {', '.join(QUANTIZE)}")
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     if quantize == "int8":
-        if device.type != "cpu":
-            raise UsageError(f"--quantize int8 runs on the CPU only, not {device.type}: add --device cpu, "
+        if device not in ("auto", "cpu"):
+            raise UsageError(f"--quantize int8 runs on the CPU only, not {device}: add --device cpu, "
                              "or use --dtype bfloat16 on a GPU")
         if dtype != "float32":
             raise UsageError("--quantize int8 and --dtype bfloat16/float16 do not combine: choose one")
-        return quantize_int8(model)
-    return to_dtype(model, dtype)
+
+
+def set_precision(model: SiglipVisionModel, dtype: str, quantize: str, device: torch.device) -> SiglipVisionModel:
+    """Apply --dtype and --quantize (in place) for a model that runs on device."""
+    check_precision(dtype, quantize, device.type)
+    return quantize_int8(model) if quantize == "int8" else to_dtype(model, dtype)

@@ -33,6 +33,19 @@ DEFAULT_MAX_PIXELS = 178_956_970
 # Pillow documents a reducing gap of 3 as "indistinguishable from fair resampling in most cases";
 # measured here: at most 2-3 levels in 255 on photos (mean 0.2), see the README. --exact-decode: off.
 DRAFT_GAP = 3
+
+
+def draft_scale(size: tuple[int, int], least: int) -> int:
+    """The largest JPEG DCT scale (8, 4, 2) that divides both sides and keeps both >= least, else 1.
+
+    Only exact divisors: with a partial last block the reduced image would cover a fraction of a
+    pixel more than the photo, and resizing all of it would stretch the content (up to 7 levels).
+    """
+    width, height = size
+    for scale in (8, 4, 2):
+        if width % scale == 0 and height % scale == 0 and min(width, height) // scale >= least:
+            return scale
+    return 1
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # PIL's resampling filters by the names (and the integer codes) preprocessor configs use.
@@ -134,8 +147,8 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: in
     """Decode an image file as the model should see it: first frame, EXIF orientation applied, RGB.
 
     Images over max_pixels are refused before decoding (decompression bombs), quickly and cheaply.
-    draft=S lets a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that keeps both sides >= S pixels:
-    several times faster for camera photos; other formats always decode whole.
+    draft=S lets a JPEG decode at a reduced scale (1/2, 1/4, 1/8) that keeps both sides >= S pixels
+    and divides them exactly: several times faster for camera photos; other formats decode whole.
     """
     name = str(path)
     if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
@@ -149,8 +162,9 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: in
             if image.width * image.height > max_pixels:
                 raise ImageError(name, f"too many pixels ({image.width}x{image.height} = "
                                        f"{image.width * image.height:,} > --max-pixels {max_pixels:,})")
-            if draft:
-                image.draft(None, (draft, draft))  # a no-op for formats other than JPEG
+            scale = draft_scale(image.size, draft) if draft else 1
+            if scale > 1:  # draft() is a no-op for formats other than JPEG
+                image.draft(None, (image.width // scale, image.height // scale))
             image.load()  # decode now: truncation and corrupt data surface here, not later
             image = ImageOps.exif_transpose(image)
             return to_rgb(image)

@@ -219,3 +219,11 @@ def test_quantize_with_half_precision_is_a_usage_error(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == \
         "Error: --quantize int8 and --dtype bfloat16/float16 do not combine: choose one"
     assert not (tmp_path / "o.npy").exists()
+
+
+def test_quantize_on_a_gpu_is_refused_before_any_model_is_looked_up(tmp_path):
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", "nobody/no-such-model", "--offline", "--quantize", "int8",
+                   "--device", "cuda", "-o", str(tmp_path / "o.npy"))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1] == ("Error: --quantize int8 runs on the CPU only, not cuda: add "
+                                                     "--device cpu, or use --dtype bfloat16 on a GPU")

@@ -15,14 +15,15 @@ from conftest import SAMPLES, TINY
 PHOTOS = sorted(str(p) for p in SAMPLES.iterdir() if p.suffix in (".jpg", ".png"))
 
 
-@pytest.mark.parametrize("shape", [(2, 196, 3072), (5, 37), (3, 1), (7,)])
+@pytest.mark.parametrize("shape", [(2, 196, 3072), (5, 37), (3, 1), (7,), (5, 0), (0,)])
 def test_fast_tanh_gelu_equals_torch_gelu(shape):
     x = torch.randn(shape) * 4
     with torch.inference_mode():
         fast = TanhGELU()(x)
     assert fast.shape == x.shape
     torch.testing.assert_close(fast, F.gelu(x, approximate="tanh"), atol=1e-6, rtol=1e-6)
-    assert not torch.equal(fast, F.gelu(x))  # it is the tanh approximation, not erf
+    if x.numel():
+        assert not torch.equal(fast, F.gelu(x))  # it is the tanh approximation, not erf
 
 
 def test_fast_gelu_leaves_its_input_alone_and_handles_views():
@@ -107,3 +108,14 @@ def test_in_place_gelu_never_overwrites_a_traced_tensor():
     assert untraced.shape == (1, 16, 32)
     torch.testing.assert_close(trace["gelu"], F.gelu(trace["fc1"], approximate="tanh"), atol=1e-6, rtol=1e-6)
     assert not torch.equal(trace["gelu"], trace["fc1"])
+
+
+def test_forward_hooks_on_fc1_see_fc1s_output_not_the_gelu():
+    model = SiglipVisionModel.random_init(SiglipVisionConfig(**TINY))
+    mlp = model.vision_model.encoder.layers[0].mlp
+    seen = {}
+    mlp.fc1.register_forward_hook(lambda module, args, out: seen.update(fc1_in=args[0], fc1_out=out))
+    with torch.inference_mode():
+        model(torch.randn(1, 3, 32, 32))
+        expected = F.linear(seen["fc1_in"], mlp.fc1.weight, mlp.fc1.bias)
+    torch.testing.assert_close(seen["fc1_out"], expected)

@@ -7,7 +7,7 @@ from PIL import Image
 
 from siglip_cli.errors import CheckpointError, ImageError, UsageError
 from siglip_cli.preprocess import (IMAGENET_MEAN, IMAGENET_STD, checkpoint_preprocessing, choose_preprocessing,
-                                   imagenet_preprocessing, load_image, DRAFT_GAP)
+                                   imagenet_preprocessing, load_image, DRAFT_GAP, draft_scale)
 
 from conftest import DATA, PHOTOS
 
@@ -175,3 +175,22 @@ def test_embedder_drafts_by_default_and_not_with_exact_decode(camera_jpeg):
     a, b = fast.prepare(camera_jpeg).embedding, exact.prepare(camera_jpeg).embedding
     torch.testing.assert_close(b, imagenet_preprocessing(224)(load_image(camera_jpeg)), atol=0, rtol=0)
     assert 0 < (a - b).abs().max().item() < 0.1
+
+
+def test_draft_scale_only_divides_exactly():
+    assert draft_scale((4032, 3024), 672) == 4  # 1008 x 756
+    assert draft_scale((4032, 3024), 224) == 8
+    assert draft_scale((4032, 3024), 1600) == 1  # 1/2 would leave 1512 < 1600
+    assert draft_scale((2698, 2022), 672) == 2  # even but not a multiple of 4
+    assert draft_scale((2695, 2023), 672) == 1  # odd: any scale would leave a partial block
+
+
+@pytest.mark.parametrize("size, decoded", [((2698, 2022), (1349, 1011)), ((2695, 2023), (2695, 2023))])
+def test_draft_of_sides_that_are_not_multiples_of_8_never_stretches(tmp_path, size, decoded):
+    path = tmp_path / "odd.jpg"
+    Image.open(PHOTOS[1]).convert("RGB").resize(size, Image.Resampling.LANCZOS).save(path, quality=92)
+    prep = checkpoint_preprocessing(SIGLIP_PREPROCESSOR, None)
+    drafted = load_image(path, draft=DRAFT_GAP * 224)
+    assert drafted.size == decoded
+    levels = (prep(drafted) - prep(load_image(path))).abs() * 127.5
+    assert levels.max().item() <= 3 and levels.mean().item() <= 0.3
