@@ -95,16 +95,14 @@ def main() -> None:
                    "date": time.strftime("%Y-%m-%d"), "images": args.images}
         loop = tmp / "loop.py"
         loop.write_text(TRANSFORMERS_LOOP)
+        embed = [*siglip, "embed", str(tmp / "photos"), "--model", str(tmp / "base"), "-o", f"{tmp / 'out'}/",
+                 "--quiet", "--overwrite"]
         runs = {
             "transformers script": [sys.executable, str(loop), str(tmp / "base"), str(tmp / "photos"),
                                     str(tmp / "out")],
-            "siglip embed": [*siglip, "embed", str(tmp / "photos"), "--model", str(tmp / "base"), "-o",
-                             f"{tmp / 'out'}/", "--quiet", "--overwrite"],
-            "siglip embed --exact-decode": [*siglip, "embed", str(tmp / "photos"), "--model", str(tmp / "base"),
-                                            "-o", f"{tmp / 'out'}/", "--quiet", "--overwrite", "--exact-decode"],
-            "siglip embed --quantize int8": [*siglip, "embed", str(tmp / "photos"), "--model", str(tmp / "base"),
-                                             "-o", f"{tmp / 'out'}/", "--quiet", "--overwrite", "--quantize",
-                                             "int8"],
+            "siglip embed": embed,
+            "siglip embed --exact-decode": [*embed, "--exact-decode"],
+            "siglip embed --quantize int8": [*embed, "--quantize", "int8"],
         }
         best: dict[str, tuple[float, float]] = {}
         for _ in range(args.repeat):
@@ -124,20 +122,18 @@ def main() -> None:
                 "seconds": round(wall, 1), "img_per_s": round(args.folder / wall, 2), "peak_rss_mb": round(mb)}
 
         # Memory does not grow with the number of images: 200 vs 2,000 into one stacked [B, 196, 768] file.
-        if not args.small:
-            print(json.dumps(results, indent=2))
-            return
-        make_checkpoint(tmp / "narrow", layers=1)
-        make_photos(tmp / "small", args.small, (64, 48))
-        listing = sorted(str(p) for p in (tmp / "small").iterdir())
-        mem = {}
-        for n in (args.small // 10, args.small):
-            (tmp / f"list{n}.txt").write_text("\n".join(listing[:n]) + "\n")
-            t, mb = peak_rss_of([*siglip, "embed", "--files-from", str(tmp / f"list{n}.txt"), "--model",
-                                 str(tmp / "narrow"), "-o", str(tmp / f"stacked{n}.npy"), "--quiet"])
-            mem[n] = {"seconds": round(t, 1), "peak_rss_mb": round(mb, 1),
-                      "output_mb": round((tmp / f"stacked{n}.npy").stat().st_size / 1e6)}
-        results["stacked memory"] = mem
+        if args.small:
+            make_checkpoint(tmp / "narrow", layers=1)
+            make_photos(tmp / "small", args.small, (64, 48))
+            listing = sorted(str(p) for p in (tmp / "small").iterdir())
+            mem = {}
+            for n in (args.small // 10, args.small):
+                (tmp / f"list{n}.txt").write_text("\n".join(listing[:n]) + "\n")
+                t, mb = peak_rss_of([*siglip, "embed", "--files-from", str(tmp / f"list{n}.txt"), "--model",
+                                     str(tmp / "narrow"), "-o", str(tmp / f"stacked{n}.npy"), "--quiet"])
+                mem[n] = {"seconds": round(t, 1), "peak_rss_mb": round(mb, 1),
+                          "output_mb": round((tmp / f"stacked{n}.npy").stat().st_size / 1e6)}
+            results["stacked memory"] = mem
     print(json.dumps(results, indent=2))
 
 
