@@ -21,7 +21,7 @@ from PIL import Image
 from .embed import Embedder, Result
 from .errors import ImageError, OutputError, UsageError
 from .inputs import Input, collect
-from .preprocess import load_image
+from .decode import load_image
 from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_writable, output_format,
                       output_path_for, write_embeddings)
 

@@ -496,7 +496,7 @@ def visualize(
                          "not with --random-init")
     from .embed import Embedder
     from .model import SiglipVisionModel
-    from .preprocess import load_image
+    from .decode import load_image
     from .visualize import png_bytes, render
     from .writers import atomic_write_bytes, check_writable
 

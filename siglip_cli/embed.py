@@ -24,7 +24,8 @@ from .config import DEFAULT_MODEL_ID, check_image_size
 from .errors import ImageError, UsageError
 from .model import NO_HEAD, POOL_MODES, SiglipVisionModel
 from .precision import set_precision
-from .preprocess import DEFAULT_MAX_PIXELS, DRAFT_GAP, Preprocessing, choose_preprocessing, load_image, to_rgb
+from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, load_image, to_rgb
+from .preprocess import Preprocessing, choose_preprocessing
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
