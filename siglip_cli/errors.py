@@ -57,3 +57,10 @@ class OutputError(SiglipError):
     """An output that cannot be written."""
 
     exit_code = EXIT_FAILED
+
+
+class SiglipWarning(UserWarning):
+    """Something the user should know that does not stop the run (e.g. non-finite weights).
+
+    Library code calls warnings.warn(message, SiglipWarning); the CLI prints it as one `Warning: ...` line.
+    """
