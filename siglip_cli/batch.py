@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from PIL import Image
 
+from .atomic import special_kind
+from .console import unicode_text
 from .embed import Embedder, Result
-from .errors import ImageError, OutputError, UsageError
+from .errors import ImageError, OutputError, OutputGoneError, UsageError
 from .inputs import Input, collect
-from .decode import load_image
-from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_writable, output_format,
-                      output_path_for, write_embeddings)
+from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_writable,
+                      output_format, output_path_for, write_embeddings)
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -63,8 +64,9 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
     """Embed inputs (paths, folders, globs, or collected Inputs) into a folder or one file.
 
     Each input ends as an Outcome (passed to on_outcome as it happens, and written to `report` as
-    JSON lines); a failed image never stops the others unless fail_fast. With a file output, `stack`
-    says whether rows are stacked [B, ...] (default: unless there is exactly one input).
+    JSON lines, also when the run is interrupted); a failed image never stops the others unless
+    fail_fast. With a file output, `stack` says whether rows are stacked [B, ...] (default: unless
+    there is exactly one input).
     """
     fmt = fmt if fmt.startswith(".") else "." + fmt
     if out_dtype not in OUT_DTYPES:
@@ -84,17 +86,50 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
         output_format(out)
         check_writable(out)
     if report is not None:
-        check_writable(Path(report))
-    run = _Run(embedder, items, out, folder, fmt, np.dtype(out_dtype), overwrite, fail_fast, report, on_outcome,
+        check_report(Path(report), out, folder, items, fmt)
+    run = _Run(embedder, items, out, folder, fmt, np.dtype(out_dtype), overwrite, fail_fast, on_outcome,
                stack if stack is not None else len(items) != 1)
-    return run.go(batch_size, workers)
+    try:
+        return run.go(batch_size, workers)
+    finally:
+        if report is not None:
+            write_report(Path(report), run.records)
+
+
+def write_report(path: Path, records: list[str]) -> None:
+    """The JSON-lines report, atomically (or into a FIFO or device such as /dev/stdout)."""
+    atomic_write_bytes(path, "".join(line + "\n" for line in records).encode(), through=True)
+
+
+def check_report(report: Path, out: Path, folder: bool, items: list[Input], fmt: str = ".npy") -> None:
+    """--report must never overwrite an input, the output, its sidecar or a folder-mode output:
+    refused before any work."""
+    check_writable(report, through=True)
+    real = os.path.realpath(report)
+    if folder:
+        inside = os.path.relpath(real, os.path.realpath(out))
+        clash = not inside.startswith("..") and inside in {
+            output_path_for(Path("."), i.rel, fmt).as_posix() for i in items}
+    else:
+        clash = real in (os.path.realpath(out), os.path.realpath(f"{out}.json"))
+    if not clash and os.path.isfile(report):
+        clash = any(_same(report, item.path) for item in items)
+    if clash:
+        raise UsageError(f"--report {str(report)!r} would overwrite an input or an output of this run: give the "
+                         "report another name")
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 class _Run:
-    def __init__(self, embedder, items, out, folder, fmt, dtype, overwrite, fail_fast, report, on_outcome, stack):
+    def __init__(self, embedder, items, out, folder, fmt, dtype, overwrite, fail_fast, on_outcome, stack):
         self.embedder, self.out, self.folder = embedder, out, folder
         self.fmt, self.dtype, self.overwrite, self.fail_fast = fmt, dtype, overwrite, fail_fast
-        self.report = Path(report) if report else None
         self.on_outcome = on_outcome
         self.summary = Summary(dtype=dtype.name)
         self.records: list[str] = []
@@ -103,43 +138,56 @@ class _Run:
         self.single = not folder and not stack
         self.stacked = None
         if not folder and not self.single:
-            self.stacked = StackedWriter(out, len(items), self.metadata, [str(i.path) for i in items])
-        self.sources: list[str] = []
+            self.stacked = StackedWriter(out, len(items), self.metadata)
 
     def _no_collisions(self, items: list[Input]) -> list[Input]:
-        """Two inputs that would write the same output file: the later one fails, nothing is overwritten."""
-        first: dict[str, Input] = {}
+        """Two inputs whose outputs would be the same file, or a file and a folder (`k.npy` and
+        `k.npy/q.png.npy`): the later one fails, nothing is overwritten or wrongly skipped."""
+        files: dict[str, Input] = {}  # output file -> its input
+        folders: dict[str, Input] = {}  # folder some output needs -> the first input needing it
         out = []
         for item in items:
-            key = os.path.normcase(str(self.target(item)))
-            if item.error is None and key in first:
-                item = Input(item.path, item.rel, f"its output {self.target(item)} would overwrite that of "
-                                                  f"{first[key].path}: embed them into separate folders")
-            elif item.error is None:
-                first[key] = item
+            if item.error is None:
+                target = self.target(item)
+                key = os.path.normcase(str(target))
+                parents = [os.path.normcase(str(p)) for p in target.parents if self.out in p.parents]
+                if key in files:
+                    clash = f"would overwrite that of {files[key].path}"
+                else:
+                    other = folders.get(key) or next((files[p] for p in parents if p in files), None)
+                    clash = other and f"and that of {other.path} need the same path as a file and as a folder"
+                if clash:
+                    item = Input(item.path, item.rel, f"its output {target} {clash}: embed them into separate "
+                                                      "folders")
+                else:
+                    files[key] = item
+                    for p in parents:
+                        folders.setdefault(p, item)
             out.append(item)
         return out
 
     def target(self, item: Input) -> Path:
         return output_path_for(self.out, item.rel, self.fmt)
 
-    def load(self, item: Input) -> Image.Image | None:
-        """On a worker thread: None when the output already exists (resume), else the decoded image."""
+    def skip(self, item: Input) -> bool:
+        """On a worker thread: True when the item's output already exists (resume)."""
         if item.error is not None:
             raise ImageError(str(item.path), item.error)
-        if self.folder and not self.overwrite and self.target(item).exists():
-            return None
-        return load_image(item.path, max_pixels=self.embedder.max_pixels, draft=self.embedder.draft)
+        if not self.folder or self.overwrite:
+            return False
+        return _existing_output(self.target(item), str(item.path))
 
     def record(self, outcome: Outcome) -> None:
         setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)
-        self.records.append(json.dumps(asdict(outcome)))
+        self.records.append(json.dumps({k: unicode_text(v) if isinstance(v, str) else v
+                                        for k, v in asdict(outcome).items()}))
         if self.on_outcome is not None:
             self.on_outcome(outcome)
 
     def write(self, item: Input, row: np.ndarray) -> str:
         row = row.astype(self.dtype, copy=False)
         self.summary.shape = list(row.shape)
+        source = unicode_text(str(item.path))
         if self.folder:
             target = self.target(item)
             check_inside(self.out, target)
@@ -148,30 +196,28 @@ class _Run:
             except OSError as e:
                 raise OutputError(f"cannot create {target.parent}: {e.strerror or e}") from None
             check_inside(self.out, target)
-            write_embeddings(target, row, {**self.metadata, "source": str(item.path)})
+            if self.overwrite:
+                _existing_output(target, str(item.path))  # a symlink or folder there is never replaced
+            write_embeddings(target, row, {**self.metadata, "source": source})
             return str(target)
         if self.single:
-            self.summary.outputs = write_embeddings(self.out, row, {**self.metadata, "source": str(item.path)})
+            self.summary.outputs = write_embeddings(self.out, row, {**self.metadata, "source": source})
             return str(self.out)
-        self.stacked.add(row)
-        self.sources.append(str(item.path))
+        self.stacked.add(row, source)
         return str(self.out)
 
     def go(self, batch_size: int, workers: int | None) -> Summary:
         try:
-            for r in self.embedder.embed_iter(self.items, batch_size, workers, load=self.load):
+            for r in self.embedder.embed_iter(self.items, batch_size, workers, skip=self.skip):
                 self.handle(r)
             if self.stacked is not None:
-                self.summary.outputs = self.stacked.finish(self.sources)
+                self.summary.outputs = self.stacked.finish()
                 if self.summary.shape:
                     self.summary.shape = [self.stacked.count, *self.summary.shape]
         except BaseException:
             if self.stacked is not None:
                 self.stacked.abort()
             raise
-        finally:
-            if self.report is not None:
-                atomic_write_bytes(self.report, "".join(line + "\n" for line in self.records).encode())
         return self.summary
 
     def handle(self, r: Result) -> None:
@@ -186,9 +232,22 @@ class _Run:
             try:
                 output = self.write(item, r.embedding)
             except OutputError as e:
-                if self.fail_fast or not self.folder:
+                if self.fail_fast or not self.folder or isinstance(e, OutputGoneError):
                     raise
                 self.record(Outcome(str(item.path), "failed", reason=str(e)))
                 return
             self.record(Outcome(str(item.path), "embedded", output=output))
 
+
+def _existing_output(target: Path, source: str) -> bool:
+    """True when `target` is a finished output file; an error when something else stands there."""
+    try:
+        mode = os.lstat(target).st_mode
+    except FileNotFoundError:
+        return False
+    except OSError as e:
+        raise ImageError(source, f"cannot use output {target}: {e.strerror or e}") from None
+    if stat.S_ISREG(mode):
+        return True
+    what = "a folder" if stat.S_ISDIR(mode) else "a symlink" if stat.S_ISLNK(mode) else special_kind(mode)
+    raise ImageError(source, f"its output {target} is {what}, which siglip never replaces: move it away")

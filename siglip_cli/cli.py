@@ -14,7 +14,8 @@ import typer
 from typer.core import TyperGroup
 
 from . import __version__
-from .errors import EXIT_FAILED, ImageError, SiglipError, UsageError
+from .console import err_line, fill_standard_fds, mute
+from .errors import EXIT_FAILED, ImageError, SiglipError, SiglipWarning, UsageError
 
 _DEBUG = "siglip.debug"
 # Typer vendors click; its UsageError (bad option values, unknown options) is BadParameter's base.
@@ -29,7 +30,7 @@ def _debug_on(ctx: typer.Context) -> bool:
 
 
 def _err(message: str) -> None:
-    typer.echo(message, err=True)
+    err_line(message)
 
 
 class _ErrorBoundary(TyperGroup):
@@ -210,6 +211,10 @@ def embed(
     = False,
     max_pixels: Annotated[int, typer.Option("--max-pixels", min=1, help="Refuse images with more pixels "
                                             "(decompression bombs).")] = 178_956_970,
+    decode_memory: Annotated[Optional[float], typer.Option(
+        "--decode-memory", min=0.1, show_default=False,
+        help="GB of decoded images in flight on all threads together; an image that alone needs more is "
+             "refused (default: a quarter of the memory, 2-8 GB).")] = None,
     report: Annotated[Optional[Path], typer.Option(
         "--report", show_default=False, help="Write one JSON line per input: path, status, reason, output.")] = None,
     shard_spec: Annotated[Optional[str], typer.Option(
@@ -246,67 +251,81 @@ def embed(
 
       siglip embed photo.jpg --random-init -o smoke.npy
     """
-    from glob import has_magic as glob_has_magic
-
-    from .batch import embed_to, is_folder_output
-    from .embed import Embedder
-    from .inputs import collect, parse_shard, shard
-    from .precision import check_precision
-    from .writers import check_writable, output_format, refuse_overwriting_inputs
-
-    if not inputs and not files_from:
-        raise UsageError("no inputs: give image files, folders or patterns, or --files-from LIST")
-    folder = is_folder_output(output)
-    if not folder:
-        output_format(Path(output))
-        check_writable(Path(output))
-    if report is not None:
-        check_writable(report)
-    items = collect(inputs or [], files_from, glob, ext, hidden)
-    if not folder:
-        refuse_overwriting_inputs(Path(output), items)
-    if not items:
-        raise UsageError("no images found in the inputs (folders are searched for image files by suffix; see "
-                         "--glob, --ext, --hidden)")
-    if shard_spec:
-        k, n = parse_shard(shard_spec)
-        total, items = len(items), shard(items, k, n)
-        if not items:
-            _err(f"shard {k}/{n}: nothing to do ({total} inputs in all, fewer than {n} shards)")
-            return
-    # One named image file -> its array; anything that can hold several (folders, globs, lists) -> stacked.
-    named_one = len(inputs or []) == 1 and not files_from and not Path(inputs[0]).is_dir() \
-        and not (glob_has_magic(inputs[0]) and not Path(inputs[0]).exists())
-    single = not folder and named_one
-    if single and items[0].error:
-        raise ImageError(str(items[0].path), items[0].error)
-    check_precision(dtype.value, quantize.value, device.value)  # before a model is downloaded or loaded
-    embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
-                             image_size=image_size, device=device.value, offline=offline, note=_note,
-                             max_pixels=max_pixels, cache_dir=cache_dir, dtype=dtype.value,
-                             quantize=quantize.value, exact_decode=exact_decode)
-    if random_init:
-        _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
-             "Use --model with a real checkpoint for meaningful ones.")
-    from .progress import EmbedProgress
-
     import signal
-    import sys
 
-    # A scheduler's SIGTERM (Slurm, Kubernetes) unwinds like Ctrl-C: temp files go, the report is written.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    failures = []
-    with EmbedProgress(len(items), enabled=not quiet) as progress:
-        def on_outcome(outcome) -> None:
-            progress.advance(outcome)
-            if outcome.status == "failed":
-                failures.append(outcome)
-                if not single and not fail_fast:  # with --fail-fast the final error names it
-                    progress.log(f"{outcome.path}: {outcome.reason}")
+    from .atomic import atomic_write_bytes
 
-        summary = embed_to(embedder, items, output, fmt="." + fmt.value, out_dtype=out_dtype.value,
-                           overwrite=overwrite, fail_fast=fail_fast, batch_size=batch_size, workers=workers,
-                           report=report, on_outcome=on_outcome, stack=not single)
+    # A scheduler's SIGTERM (Slurm, Kubernetes) unwinds like Ctrl-C, from here on (imports and model
+    # loading included): temp files go, the report is written.
+    signal.signal(signal.SIGTERM, _terminate)
+    report_due = False  # True while an interruption must still write the (empty) report itself
+    try:
+        from glob import has_magic as glob_has_magic
+
+        from .batch import check_report, embed_to, is_folder_output
+        from .inputs import collect, parse_shard, shard
+        from .precision import check_precision
+        from .writers import check_writable, output_format, refuse_overwriting_inputs
+
+        if not inputs and not files_from:
+            raise UsageError("no inputs: give image files, folders or patterns, or --files-from LIST")
+        folder = is_folder_output(output)
+        if not folder:
+            output_format(Path(output))
+            check_writable(Path(output))
+        items = collect(inputs or [], files_from, glob, ext, hidden)
+        if not folder:
+            refuse_overwriting_inputs(Path(output), items)
+        if report is not None:
+            check_report(report, Path(output), folder, items, "." + fmt.value)
+            report_due = True
+        if not items:
+            raise UsageError("no images found in the inputs (folders are searched for image files by suffix; see "
+                             "--glob, --ext, --hidden)")
+        if shard_spec:
+            k, n = parse_shard(shard_spec)
+            total, items = len(items), shard(items, k, n)
+            if not items:
+                _err(f"shard {k}/{n}: nothing to do ({total} inputs in all, fewer than {n} shards)")
+                if report is not None:
+                    atomic_write_bytes(report, b"", through=True)
+                return
+        # One named image file -> its array; anything that can hold several (folders, globs, lists) -> stacked.
+        named_one = len(inputs or []) == 1 and not files_from and not Path(inputs[0]).is_dir() \
+            and not (glob_has_magic(inputs[0]) and not Path(inputs[0]).exists())
+        single = not folder and named_one
+        if single and items[0].error:
+            raise ImageError(str(items[0].path), items[0].error)
+        check_precision(dtype.value, quantize.value, device.value)  # before a model is downloaded or loaded
+        from .embed import Embedder
+
+        embedder = Embedder.load(model, random_init=random_init, pool=pool.value, norm=norm.value,
+                                 image_size=image_size, device=device.value, offline=offline, note=_note,
+                                 max_pixels=max_pixels, cache_dir=cache_dir, dtype=dtype.value,
+                                 quantize=quantize.value, exact_decode=exact_decode,
+                                 decode_memory=None if decode_memory is None else int(decode_memory * 1e9))
+        if random_init:
+            _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
+                 "Use --model with a real checkpoint for meaningful ones.")
+        from .progress import EmbedProgress
+
+        failures = []
+        with EmbedProgress(len(items), enabled=not quiet) as progress:
+            def on_outcome(outcome) -> None:
+                progress.advance(outcome)
+                if outcome.status == "failed":
+                    failures.append(outcome)
+                    if not single and not fail_fast:  # with --fail-fast the final error names it
+                        progress.log(f"{outcome.path}: {outcome.reason}")
+
+            report_due = False  # embed_to writes the report from here on, whatever happens
+            summary = embed_to(embedder, items, output, fmt="." + fmt.value, out_dtype=out_dtype.value,
+                               overwrite=overwrite, fail_fast=fail_fast, batch_size=batch_size, workers=workers,
+                               report=report, on_outcome=on_outcome, stack=not single)
+    except (KeyboardInterrupt, SystemExit):
+        if report_due:  # interrupted while loading: no input was reached, and the report says so
+            atomic_write_bytes(report, b"", through=True)
+        raise
     if single and summary.failed:
         raise ImageError(failures[0].path, failures[0].reason)
     if not folder and not summary.embedded:
@@ -317,6 +336,14 @@ def embed(
         _err(f"wrote {where}{shape}: {summary.line()}" if summary.embedded else summary.line())
     if summary.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM: unwind once (cleanup runs, the report is written); a second SIGTERM is ignored."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise SystemExit(143)
 
 
 @app.command("download-weights", epilog=HUB_EXIT_CODES_HELP)
@@ -518,5 +545,21 @@ def _note(message: str) -> None:
     _err(message)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    if issubclass(category, SiglipWarning):
+        _err(f"Warning: {message}")
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
+
+
 def main() -> None:
-    app(prog_name="siglip")
+    import warnings
+
+    global _default_showwarning
+    fill_standard_fds()  # before any file is opened: an output must never get fd 2
+    _default_showwarning, warnings.showwarning = warnings.showwarning, _show_warning
+    try:
+        app(prog_name="siglip")
+    except BrokenPipeError:  # stdout's reader has gone (`siglip models | head -1`): stop quietly, as cat does
+        mute(1)
+        raise SystemExit(141) from None

@@ -24,7 +24,7 @@ from .config import DEFAULT_MODEL_ID, check_image_size
 from .errors import ImageError, UsageError
 from .model import NO_HEAD, POOL_MODES, SiglipVisionModel
 from .precision import set_precision
-from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, load_image, to_rgb
+from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, DecodeBudget, load_image, to_rgb
 from .preprocess import Preprocessing, choose_preprocessing
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -92,7 +92,7 @@ class Embedder:
 
     def __init__(self, model: SiglipVisionModel, preprocessing: Preprocessing, pool: str = "none",
                  device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "float32",
-                 quantize: str = "none", exact_decode: bool = False):
+                 quantize: str = "none", exact_decode: bool = False, decode_memory: int | None = None):
         if pool not in POOL_MODES:
             raise UsageError(f"unknown --pool {pool!r}: use one of {', '.join(POOL_MODES)}")
         if pool == "map" and not model.has_head:
@@ -107,12 +107,15 @@ class Embedder:
         self.dtype, self.quantize = dtype, quantize
         # JPEGs decode at reduced scale while >= DRAFT_GAP x the output size (see preprocess.DRAFT_GAP).
         self.draft = None if exact_decode else preprocessing.image_size * DRAFT_GAP
+        # Decoded images in flight on all threads together stay under this many bytes (default: a
+        # quarter of the machine's memory, 2-8 GB): a tiny file can declare a huge image.
+        self.budget = DecodeBudget(decode_memory)
 
     @classmethod
     def load(cls, model: str | None = None, *, random_init: bool = False, pool: str = "none",
              norm: str = "auto", image_size: int | None = None, device: str = "auto", offline: bool = False,
              note=None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir=None, dtype: str = "float32",
-             quantize: str = "none", exact_decode: bool = False) -> "Embedder":
+             quantize: str = "none", exact_decode: bool = False, decode_memory: int | None = None) -> "Embedder":
         """A hub id or checkpoint directory (default google/siglip-base-patch16-224, downloaded into the
         Hugging Face cache when missing unless offline), or the seeded untrained base model."""
         if random_init and model is not None:
@@ -129,7 +132,7 @@ class Embedder:
         prep = choose_preprocessing(norm, net.preprocessor_config, net.config.image_size, image_size,
                                     where=str(net.name_or_path))
         return cls(net, prep, pool=pool, device=device, max_pixels=max_pixels, dtype=dtype, quantize=quantize,
-                   exact_decode=exact_decode)
+                   exact_decode=exact_decode, decode_memory=decode_memory)
 
     def metadata(self) -> dict[str, object]:
         """What produced these embeddings: recorded in every output file."""
@@ -157,24 +160,32 @@ class Embedder:
         out = self.model.embed(pixel_values.to(self.device), self.pool)
         return out.float().cpu().numpy()
 
-    def prepare(self, item, load: Callable | None = None) -> Result:
-        """Decode and preprocess one input (runs on a worker thread). load(item) may return None: skip it."""
+    def decode(self, path: str | Path) -> torch.Tensor:
+        """One image file -> (3, S, S) preprocessed pixels, within the decode memory budget."""
+        return load_image(path, max_pixels=self.max_pixels, draft=self.draft, budget=self.budget,
+                          then=self.preprocessing)
+
+    def prepare(self, item, skip: Callable | None = None) -> Result:
+        """Decode and preprocess one input (runs on a worker thread); skip(item) True: leave it out.
+
+        Whatever goes wrong with this input is its Result's error, never an exception for the run.
+        """
         source = "<PIL image>" if isinstance(item, Image.Image) else str(getattr(item, "path", item))
         try:
-            if load is not None:
-                image = load(item)
-                if image is None:
-                    return Result(source, skipped=True, item=item)
-            elif isinstance(item, Image.Image):
-                image = to_rgb(item)
+            if skip is not None and skip(item):
+                return Result(source, skipped=True, item=item)
+            if isinstance(item, Image.Image):
+                pixels = self.preprocessing(to_rgb(item))
             else:
-                image = load_image(item, max_pixels=self.max_pixels, draft=self.draft)
+                pixels = self.decode(getattr(item, "path", item))
         except ImageError as e:
             return Result(source, error=e.reason, item=item)
-        return Result(source, embedding=self.preprocessing(image), item=item)  # pixels until embedded
+        except Exception as e:  # e.g. out of memory resizing it: this input's failure
+            return Result(source, error=f"cannot prepare image ({type(e).__name__}: {e})", item=item)
+        return Result(source, embedding=pixels, item=item)  # pixels until embedded
 
     def embed_iter(self, images: Iterable, batch_size: int = 8, workers: int | None = None,
-                   load: Callable | None = None) -> Iterator[Result]:
+                   skip: Callable | None = None) -> Iterator[Result]:
         """One Result per input, in input order; an image that fails does not stop the others.
 
         Decoding runs on `workers` threads (default: one per core, up to 8) ahead of the model, so
@@ -194,11 +205,14 @@ class Embedder:
                 arrays = self.embed_pixels(torch.stack([r.embedding for r in waiting]))
                 for r, a in zip(waiting, arrays):
                     r.embedding = a
+                    if not np.isfinite(a).all():  # NaN/inf weights, or a half-precision overflow
+                        r.embedding, r.error = None, "the model's output is not finite (NaN or inf): check the " \
+                                                     "weights, or use --dtype float32"
             yield from pending
             pending.clear()
             queued = 0
 
-        for result in prefetch(lambda item: self.prepare(item, load), images, workers, window):
+        for result in prefetch(lambda item: self.prepare(item, skip), images, workers, window):
             pending.append(result)
             queued += result.embedding is not None
             if queued >= batch_size:

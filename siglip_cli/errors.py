@@ -59,6 +59,10 @@ class OutputError(SiglipError):
     exit_code = EXIT_FAILED
 
 
+class OutputGoneError(OutputError):
+    """The output folder disappeared during the run: nothing more can be written, so the run stops."""
+
+
 class SiglipWarning(UserWarning):
     """Something the user should know that does not stop the run (e.g. non-finite weights).
 

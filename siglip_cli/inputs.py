@@ -14,6 +14,7 @@ import sys
 from dataclasses import dataclass
 from fnmatch import fnmatch
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from .errors import UsageError
 
@@ -87,7 +88,12 @@ class Collector:
             self.items.append(Input(path, rel, error))
 
     def add_folder(self, folder: Path, base_rel: PurePosixPath | None = None) -> None:
-        for root, dirs, files in os.walk(folder):
+        def unreadable(e: OSError) -> None:  # a folder the walk cannot list is named, not silently lost
+            rel = PurePosixPath(os.path.relpath(e.filename, folder)) if e.filename else PurePosixPath("_")
+            self._add(Path(e.filename or folder), (base_rel / rel) if base_rel else rel,
+                      f"cannot read this folder: {e.strerror or e}")
+
+        for root, dirs, files in os.walk(folder, onerror=unreadable):
             dirs.sort()
             if not self.hidden:
                 dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -99,14 +105,15 @@ class Collector:
 
     def add_argument(self, arg: str) -> None:
         path = Path(arg)
-        if path.is_dir():
+        kind = _kind(path)
+        if kind == "dir":
             self.add_folder(path, safe_rel(path.resolve().name) if self.several else None)
-        elif path.exists() or path.is_symlink():
+        elif kind in ("file", "link"):
             self._add(path, PurePosixPath(path.name))
-        elif _has_magic(arg):
+        elif kind == "missing" and _has_magic(arg):
             self._add_glob(arg)
         else:
-            self._add(path, PurePosixPath(path.name or "_"), "no such file")
+            self._add(path, PurePosixPath(path.name or "_"), "no such file" if kind == "missing" else kind)
 
     def _add_glob(self, pattern: str) -> None:
         matches = sorted(glob.glob(pattern, recursive=True))
@@ -127,23 +134,52 @@ class Collector:
 
     def add_list(self, list_file: str) -> None:
         """--files-from: one path a line (`-`: stdin); blank lines and lines starting with # are ignored."""
-        try:
-            text = sys.stdin.read() if list_file == "-" else Path(list_file).read_text(encoding="utf-8")
-        except OSError as e:
-            raise UsageError(f"cannot read --files-from {list_file!r}: {e.strerror or e}") from None
-        except UnicodeDecodeError:
-            raise UsageError(f"--files-from {list_file!r} is not UTF-8 text: one path a line is expected") from None
-        for line in text.splitlines():
-            entry = line.strip()
+        for entry in _list_lines(list_file):
+            entry = entry.strip()
             if not entry or entry.startswith("#"):
                 continue
             path = Path(entry)
-            if path.is_dir():
+            kind = _kind(path)
+            if kind == "dir":
                 self.add_folder(path, safe_rel(entry))
-            elif path.exists():
+            elif kind in ("file", "link"):
                 self._add(path, safe_rel(entry))
             else:
-                self._add(path, safe_rel(entry), "no such file")
+                self._add(path, safe_rel(entry), "no such file" if kind == "missing" else kind)
+
+
+MAX_LIST_LINE = 65536  # bytes; a path is at most 4096 (PATH_MAX)
+
+
+def _kind(path: Path) -> str:
+    """'dir', 'file' (anything to try to open), 'link' (a dangling symlink), 'missing', or why the
+    path cannot even be looked at (a name too long for the file system, a loop of symlinks ...)."""
+    try:
+        return "dir" if path.is_dir() else "file" if path.exists() else "link" if path.is_symlink() else "missing"
+    except OSError as e:
+        return f"cannot read it: {e.strerror or e}"
+
+
+def _list_lines(list_file: str) -> Iterator[str]:
+    """The lines of a path list, read in bounded pieces: names in any byte encoding are kept as the
+    OS gives them; a NUL byte or an endless line (/dev/zero, a binary file) is a one-line error."""
+    what = f"--files-from {list_file!r}"
+    try:
+        if list_file == "-":
+            if sys.stdin is None:
+                raise UsageError("--files-from -: stdin is closed: pipe the list in, or give a file")
+            stream = sys.stdin.buffer
+        else:
+            stream = open(list_file, "rb")
+        with stream:
+            for number, line in enumerate(iter(lambda: stream.readline(MAX_LIST_LINE + 1), b""), 1):
+                if b"\0" in line or len(line) > MAX_LIST_LINE:
+                    why = "a NUL byte" if b"\0" in line else f"over {MAX_LIST_LINE} bytes"
+                    raise UsageError(f"{what}: line {number} is not a path ({why}): give a text file with one "
+                                     "path a line")
+                yield os.fsdecode(line.rstrip(b"\r\n"))
+    except OSError as e:
+        raise UsageError(f"cannot read {what}: {e.strerror or e}") from None
 
 
 def collect(arguments: list[str], files_from: str | None = None, globs: list[str] | None = None,

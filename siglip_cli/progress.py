@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeRemainingColumn
 from rich.text import Text
+
+from .console import err_line, printable
 
 
 class _Rate(ProgressColumn):
@@ -38,9 +38,13 @@ class EmbedProgress:
         self._progress.update(self._task, advance=1, failed=self.failed)
 
     def log(self, message: str) -> None:
-        """A line above the bar (or plain on stderr), never cut or re-wrapped."""
+        """A line above the bar (or plain on stderr), never cut or re-wrapped; one line whatever the
+        path holds, and nothing at all once stderr is closed or broken (the run goes on)."""
         if self.live:
-            self._progress.console.print(message, markup=False, highlight=False, soft_wrap=True)
-        else:
-            sys.stderr.write(message + "\n")
-            sys.stderr.flush()
+            try:
+                self._progress.console.print(printable(message), markup=False, highlight=False, soft_wrap=True)
+                return
+            except (OSError, ValueError):
+                self.live = False
+                self._progress.disable = True
+        err_line(message)

@@ -7,16 +7,16 @@ complete, so a run killed at any moment leaves either the old file or the new on
 from __future__ import annotations
 
 import contextlib
-import glob
+import hashlib
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from .errors import OutputError, UsageError
+from .atomic import atomic_write_bytes, check_writable, commit, destination, discard, temp_file  # noqa: F401
+from .errors import OutputError, OutputGoneError, UsageError
 
 FORMATS = (".npy", ".safetensors")
 TENSOR_NAME = "embeddings"
@@ -30,76 +30,7 @@ def output_format(path: Path) -> str:
     return suffix
 
 
-def check_writable(path: Path) -> None:
-    """Fail before any work when an output file cannot be created where it is asked for."""
-    if path.is_dir():
-        raise UsageError(f"output {str(path)!r} is a directory: give a file name")
-    parent = path.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UsageError(f"cannot create output folder {str(parent)!r}: {e.strerror or e}") from None
-    try:  # a real probe: permission bits say nothing to root, or on read-only and virtual filesystems
-        with tempfile.TemporaryFile(dir=parent):
-            pass
-    except OSError as e:
-        raise UsageError(f"cannot write to output folder {str(parent)!r}: {e.strerror or e}") from None
-
-
-TMP_SUFFIX = ".siglip-tmp"
-# mkstemp creates files readable by their owner only; outputs get the usual permissions (0666 - umask).
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _temp_prefix(path: Path) -> str:
-    # Short enough that a long file name plus the random part stays under the 255-byte name limit.
-    return f".{path.name.encode()[:120].decode(errors='ignore')}."
-
-
-def _temp_file(path: Path):
-    """A new temporary file beside `path` (same folder, so the final rename is atomic)."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
-    except OSError as e:
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
-    os.fchmod(fd, 0o666 & ~_UMASK)
-    return os.fdopen(fd, "wb+"), Path(tmp)
-
-
-def clean_stale_temps(path: Path) -> None:
-    """Remove what a killed earlier run left while writing `path` (never a finished file)."""
-    # mkstemp's random part is 8 characters: the pattern matches this output's temps and no other's.
-    for stale in path.parent.glob(f"{glob.escape(_temp_prefix(path))}{'?' * 8}{TMP_SUFFIX}"):
-        with contextlib.suppress(OSError):
-            stale.unlink()
-
-
-def _commit(f, tmp: Path, path: Path) -> None:
-    f.flush()
-    os.fsync(f.fileno())
-    f.close()
-    os.replace(tmp, path)
-    clean_stale_temps(path)
-
-
-def _discard(f, tmp: Path) -> None:
-    with contextlib.suppress(OSError):
-        f.close()
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(tmp)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    f, tmp = _temp_file(path)
-    try:
-        f.write(data)
-        _commit(f, tmp, path)
-    except BaseException as e:
-        _discard(f, tmp)
-        if isinstance(e, OSError):
-            raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
-        raise
+SOURCES_TENSOR = "sources"  # a stacked .safetensors keeps its source paths here, as UTF-8 JSON bytes
 
 
 def write_embeddings(path: Path, array: np.ndarray, metadata: dict[str, object]) -> list[Path]:
@@ -108,39 +39,63 @@ def write_embeddings(path: Path, array: np.ndarray, metadata: dict[str, object])
     Stacked outputs of many images go through StackedWriter. Returns the files written.
     """
     array = np.ascontiguousarray(array)
+    real, _ = destination(path)
     if output_format(path) == ".safetensors":
         from safetensors.numpy import save
 
-        atomic_write_bytes(path, save({TENSOR_NAME: array}, metadata=_header_text(metadata)))
+        atomic_write_bytes(real, save({TENSOR_NAME: array}, metadata=_header_text(metadata)))
         return [path]
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
-    atomic_write_bytes(path, buf.getvalue())
-    # A sidecar left by an earlier stacked run would describe another array: it goes.
+    atomic_write_bytes(real, buf.getvalue())
+    # A sidecar left by an earlier stacked run describes another array: it goes (if this process dies
+    # first, its recorded hash no longer matches and read_embeddings refuses the pair).
     with contextlib.suppress(FileNotFoundError):
-        path.with_name(path.name + ".json").unlink()
+        _sidecar(real).unlink()
     return [path]
 
 
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
 def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, object]]:
-    """Read back what write_embeddings wrote: the array and its metadata (JSON values decoded)."""
+    """Read back what siglip wrote: the array and its metadata (JSON values decoded, `sources` too).
+
+    A .npy whose sidecar describes another array (an interrupted rewrite left the old sidecar beside
+    the new array, or the reverse) is refused rather than paired with the wrong paths.
+    """
     path = Path(path)
     if output_format(path) == ".safetensors":
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        with safe_open(str(path), framework="np") as f:
-            header = f.metadata() or {}
-            array = f.get_tensor(TENSOR_NAME)
+        try:
+            with safe_open(str(path), framework="np") as f:
+                header = f.metadata() or {}
+                array = f.get_tensor(TENSOR_NAME)
+                sources = f.get_tensor(SOURCES_TENSOR) if SOURCES_TENSOR in f.keys() else None
+        except SafetensorError as e:
+            raise OutputError(f"{path}: not a readable safetensors file ({e})") from None
         meta: dict[str, object] = {}
         for k, v in header.items():
             try:
                 meta[k] = json.loads(v)
             except json.JSONDecodeError:
                 meta[k] = v
+        if sources is not None:
+            meta["sources"] = json.loads(sources.tobytes())
         return array, meta
-    sidecar = path.with_name(path.name + ".json")
-    meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-    return np.load(path, allow_pickle=False), meta
+    array = np.load(path, allow_pickle=False)
+    sidecar = _sidecar(path)
+    if not sidecar.is_file():
+        return array, {}
+    meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    recorded = meta.pop("data_sha256", None)
+    if meta.get("shape") != list(array.shape) or (
+            recorded is not None and recorded != hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()):
+        raise OutputError(f"{sidecar} does not describe {path} (a write was interrupted between the two): "
+                          "run the command that wrote them again, or delete the sidecar to read the array alone")
+    return array, meta
 
 
 def _header_text(meta: dict[str, object]) -> dict[str, str]:
@@ -150,92 +105,131 @@ def _header_text(meta: dict[str, object]) -> dict[str, str]:
 class StackedWriter:
     """Many embeddings into one [B, ...] file, streamed: rows go to disk as they come.
 
-    The header is written last, into space reserved for the largest possible one (every input
-    embedded, every source path recorded), padded with spaces as both formats allow; the file is
-    then cut to the rows written and renamed into place. Memory does not grow with B.
+    The header is written last, into a small space reserved at the start for the largest count
+    possible, padded with spaces as both formats allow; the file is then cut to what was written
+    and renamed into place. Memory does not grow with B beyond the list of source paths.
+
+    Source paths: a .safetensors keeps them as a U8 tensor `sources` (UTF-8 JSON) after the rows,
+    so its header stays a few hundred bytes at any scale (safetensors refuses headers over 100 MB);
+    a .npy gets a sidecar FILE.npy.json holding them and the sha256 of the array, so a sidecar from
+    another write is detected. Only embedded inputs are recorded.
     """
 
-    def __init__(self, path: Path, capacity: int, metadata: dict[str, object], candidate_sources: list[str]):
-        self.path = Path(path)
-        self.format = output_format(self.path)
+    def __init__(self, path: Path, capacity: int, metadata: dict[str, object]):
+        self.shown = Path(path)
+        self.path, _ = destination(self.shown)  # a symlink is written through; a FIFO or device refused
+        self.format = output_format(self.shown)
         self.capacity = capacity
         self.metadata = dict(metadata)
-        self.candidates = candidate_sources
-        self.count = 0
+        self.sources: list[str] = []
         self.row_shape: tuple[int, ...] | None = None
         self.dtype: np.dtype | None = None
         self._reserved = 0
-        self._f, self._tmp = _temp_file(self.path)
+        self._hash = hashlib.sha256()
+        self._f, self._tmp = temp_file(self.path)
 
-    def _header(self, count: int, sources: list[str]) -> bytes:
+    @property
+    def count(self) -> int:
+        return len(self.sources)
+
+    def _data_bytes(self, count: int) -> int:
+        return count * int(np.prod(self.row_shape)) * self.dtype.itemsize
+
+    def _header(self, count: int, sources_bytes: int) -> bytes:
         shape = (count, *self.row_shape)
         if self.format == ".npy":
             d = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": shape}
             return repr(d).encode("latin1")
-        nbytes = count * int(np.prod(self.row_shape)) * self.dtype.itemsize
+        nbytes = self._data_bytes(count)
         st_dtype = {"float32": "F32", "float16": "F16"}[self.dtype.name]
-        header = {"__metadata__": _header_text({**self.metadata, "sources": sources}),
-                  TENSOR_NAME: {"dtype": st_dtype, "shape": list(shape), "data_offsets": [0, nbytes]}}
+        header = {"__metadata__": _header_text(self.metadata),
+                  TENSOR_NAME: {"dtype": st_dtype, "shape": list(shape), "data_offsets": [0, nbytes]},
+                  SOURCES_TENSOR: {"dtype": "U8", "shape": [sources_bytes],
+                                   "data_offsets": [nbytes, nbytes + sources_bytes]}}
         return json.dumps(header, separators=(",", ":")).encode()
 
     def _framed(self, body: bytes, size: int) -> bytes:
         """The header bytes, padded with spaces to exactly `size` bytes of header region."""
         if self.format == ".npy":
             # magic, version 1.0, little-endian u16 length, then the dict padded with spaces and a newline
-            if size - 10 > 0xFFFF:
-                raise OutputError(f"{self.path}: header too large for .npy")  # pragma: no cover
             return b"\x93NUMPY\x01\x00" + (size - 10).to_bytes(2, "little") + body.ljust(size - 11) + b"\n"
         return (size - 8).to_bytes(8, "little") + body.ljust(size - 8)
 
-    def add(self, row: np.ndarray) -> None:
+    def add(self, row: np.ndarray, source: str) -> None:
         try:
             if self.row_shape is None:
                 self.row_shape, self.dtype = tuple(row.shape), row.dtype
-                longest = self._header(self.capacity, self.candidates)
+                # Room for the longest header: every input embedded, and sources of up to 10^15 bytes.
+                longest = self._header(self.capacity, 10 ** 15)
                 align = 64 if self.format == ".npy" else 8
                 self._reserved = -(-(len(longest) + 12) // align) * align
                 self._f.write(b"\0" * self._reserved)
             elif tuple(row.shape) != self.row_shape or row.dtype != self.dtype:
-                raise OutputError(f"{self.path}: row {self.count} has shape {list(row.shape)}, expected "
+                raise OutputError(f"{self.shown}: row {self.count} has shape {list(row.shape)}, expected "
                                   f"{list(self.row_shape)}")  # pragma: no cover - one model, one shape
-            self._f.write(np.ascontiguousarray(row).tobytes())
-            self.count += 1
+            data = np.ascontiguousarray(row).tobytes()
+            self._f.write(data)
+            self._hash.update(data)
+            self.sources.append(source)
         except OSError as e:
             self.abort()
-            raise OutputError(f"cannot write {str(self.path)!r}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write {str(self.shown)!r}: {e.strerror or e}") from None
 
-    def finish(self, sources: list[str]) -> list[Path]:
+    def finish(self) -> list[Path]:
         """Write the header for the rows added and put the file in place (plus the .npy sidecar)."""
         if self.count == 0:
             self.abort()
             return []
+        side = None
         try:
+            sources = json.dumps(self.sources, ensure_ascii=False).encode("utf-8", "surrogateescape")
+            if self.format == ".safetensors":
+                self._f.write(sources)
             self._f.seek(0)
-            self._f.write(self._framed(self._header(self.count, sources), self._reserved))
-            self._f.truncate(self._reserved + self.count * int(np.prod(self.row_shape)) * self.dtype.itemsize)
-            _commit(self._f, self._tmp, self.path)
-            written = [self.path]
+            self._f.write(self._framed(self._header(self.count, len(sources)), self._reserved))
             if self.format == ".npy":
-                sidecar = self.path.with_name(self.path.name + ".json")
-                meta = {**self.metadata, "sources": sources, "shape": [self.count, *self.row_shape]}
-                atomic_write_bytes(sidecar, (json.dumps(meta, indent=2) + "\n").encode())
-                written.append(sidecar)
-            return written
+                meta = {**self.metadata, "sources": self.sources, "shape": [self.count, *self.row_shape],
+                        "data_sha256": self._hash.hexdigest()}
+                side = temp_file(_sidecar(self.path))  # complete on disk before either file is replaced
+                side[0].write((json.dumps(meta, indent=2) + "\n").encode())
+                side[0].flush()
+                os.fsync(side[0].fileno())
+            commit(self._f, self._tmp, self.path)
+            if side is not None:
+                commit(*side, _sidecar(self.path))
+                return [self.shown, _sidecar(self.shown)]
+            return [self.shown]
         except OSError as e:
             self.abort()
-            raise OutputError(f"cannot write {str(self.path)!r}: {e.strerror or e}") from None
+            if side is not None:
+                discard(*side)
+            raise OutputError(f"cannot write {str(self.shown)!r}: {e.strerror or e}") from None
 
     def abort(self) -> None:
-        _discard(self._f, self._tmp)
+        discard(self._f, self._tmp)
+
+
+NAME_MAX = 255  # bytes in one file name, on every common file system
 
 
 def output_path_for(out_dir: Path, rel, suffix: str) -> Path:
-    """Where one input's embedding goes in folder mode: DIR/<rel>.npy, never outside DIR."""
-    return Path(out_dir) / f"{rel.as_posix()}{suffix}"
+    """Where one input's embedding goes in folder mode: DIR/<rel>.npy, never outside DIR.
+
+    A name too long for the file system once the suffix is added keeps its first 200 bytes and gets a
+    hash of the whole name (`<start>~<sha1 12>.npy`): still one fixed name per input, so resume works.
+    """
+    name = f"{rel.name}{suffix}"
+    if len(os.fsencode(name)) > NAME_MAX:
+        raw = os.fsencode(rel.name)
+        name = f"{raw[:200].decode('utf-8', 'ignore')}~{hashlib.sha1(raw).hexdigest()[:12]}{suffix}"
+    return Path(out_dir) / rel.parent.as_posix() / name
 
 
 def check_inside(out_dir: Path, target: Path) -> None:
     """Refuse a target whose folder, through a symlink, lies outside the output folder."""
+    if not os.path.isdir(out_dir):
+        raise OutputGoneError(f"output folder {out_dir} no longer exists (deleted during the run?): the files "
+                              "written before went with it; run the command again")
     root = Path(os.path.realpath(out_dir))
     probe = target.parent
     while not probe.exists():

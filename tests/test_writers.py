@@ -14,10 +14,10 @@ META = {"model": "acme/m", "pool": "map", "image_size": 224, "image_mean": [0.5,
 
 def write_stacked(path, array, meta, sources):
     """Rows of `array` through the streaming writer, as `siglip embed` writes several images."""
-    writer = StackedWriter(path, len(array), meta, sources)
-    for row in array:
-        writer.add(row)
-    return writer.finish(sources)
+    writer = StackedWriter(path, len(array), meta)
+    for row, source in zip(array, sources):
+        writer.add(row, source)
+    return writer.finish()
 
 
 def test_format_comes_from_the_suffix(tmp_path):

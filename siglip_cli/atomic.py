@@ -1,0 +1,181 @@
+"""Files that are never half-written, and temp files that no other run can lose.
+
+Every file goes to a temporary name in its destination folder and is renamed into place only when
+complete, so a run killed at any moment leaves the old file or the new one, never half of one.
+
+Each temp file is locked (flock) by the process writing it for as long as it is open; the kernel drops
+the lock when that process dies, however it dies. So a cleanup removes only temps it can lock itself,
+which are provably abandoned: another live run's temp (a rerun started early, a shard given twice,
+two outputs whose names share a long prefix) is never touched. Torch- and numpy-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import OutputError, UsageError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX: no locks, so no temp is ever provably abandoned
+    fcntl = None
+
+TMP_SUFFIX = ".siglip-tmp"
+# A temp its writer has created but not yet locked (microseconds) must not look abandoned: only temps
+# older than this are candidates, and then only if their lock can be taken.
+STALE_AFTER_S = 60.0
+# mkstemp creates files readable by their owner only; outputs get the usual permissions (0666 - umask).
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+_cleaned: set[str] = set()  # folders whose abandoned temps this process has already removed
+
+
+def _lock(fd: int) -> bool:
+    """Take the writer's lock on a temp; False where the file system has no locks (then nothing is
+    ever proved abandoned, so nothing is removed)."""
+    if fcntl is None:
+        return False  # pragma: no cover
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+
+
+def _temp_prefix(path: Path) -> str:
+    # Short enough that a long file name plus the random part stays under the 255-byte name limit;
+    # undecodable bytes and a cut UTF-8 sequence survive as surrogates, which the OS writes back as bytes.
+    return f".{os.fsdecode(os.fsencode(path.name)[:100])}."
+
+
+def temp_file(path: Path):
+    """A new temporary file beside `path` (same folder, so the final rename is atomic), locked."""
+    clean_abandoned_temps(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
+    except OSError as e:
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    _lock(fd)
+    os.fchmod(fd, 0o666 & ~_UMASK)
+    return os.fdopen(fd, "wb+"), Path(tmp)
+
+
+def clean_abandoned_temps(folder: Path) -> None:
+    """Remove the temps of killed earlier runs in `folder`, once per folder and process.
+
+    A temp is removed only when its lock can be taken (its writer is gone) and it is older than
+    STALE_AFTER_S; a live writer's temp, here or in another process, is left alone.
+    """
+    key = os.path.abspath(folder)
+    if key in _cleaned or fcntl is None:
+        return
+    _cleaned.add(key)
+    try:
+        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)]
+    except OSError:
+        return
+    for entry in entries:
+        with contextlib.suppress(OSError):
+            if not entry.is_file(follow_symlinks=False) or time.time() - entry.stat().st_mtime < STALE_AFTER_S:
+                continue
+            fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW)
+            try:
+                if _lock(fd):
+                    os.unlink(entry.path)
+            finally:
+                os.close(fd)
+
+
+def commit(f, tmp: Path, path: Path) -> None:
+    """Flush a finished temp to disk and rename it into place."""
+    f.flush()
+    os.fsync(f.fileno())
+    f.close()
+    os.replace(tmp, path)
+
+
+def discard(f, tmp: Path) -> None:
+    with contextlib.suppress(OSError):
+        f.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+
+
+def special_kind(mode: int) -> str | None:
+    """'a FIFO', 'a device' ... for what is not a regular file or a folder."""
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None
+
+
+def destination(path: Path, through: bool = False) -> tuple[Path, bool]:
+    """Where writing `path` really writes, and whether it is written through rather than replaced.
+
+    A symlink is followed: its target is replaced (atomically), the link stays. A FIFO, a device
+    (/dev/null, /dev/stdout) or a socket is never replaced by a regular file: with through=True (a
+    report) it is written to as any Unix tool would; otherwise (an embeddings file) it is refused.
+    """
+    real = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(real).st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        return real, False
+    except OSError as e:  # a name too long, a loop of symlinks ...
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    if stat.S_ISDIR(mode):
+        raise UsageError(f"output {str(path)!r} is a directory: give a file name")
+    kind = special_kind(mode)
+    if kind is None:
+        return real, False
+    if not through:
+        raise UsageError(f"output {str(path)!r} is {kind}: embeddings are written to regular files (atomically); "
+                         "give a file name")
+    return real, True
+
+
+def check_writable(path: Path, through: bool = False) -> None:
+    """Fail before any work when a file cannot be created where it is asked for."""
+    try:
+        real, special = destination(path, through)
+    except OutputError as e:
+        raise UsageError(str(e)) from None
+    if special:
+        return  # written through at the end; opening a FIFO now would block until a reader comes
+    parent = real.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create output folder {str(parent)!r}: {e.strerror or e}") from None
+    try:  # a real probe: permission bits say nothing to root, or on read-only and virtual filesystems
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise UsageError(f"cannot write to output folder {str(parent)!r}: {e.strerror or e}") from None
+
+
+def atomic_write_bytes(path: Path, data: bytes, through: bool = False) -> None:
+    """Write a whole file atomically (or, with through=True, into a FIFO or device found at `path`)."""
+    real, special = destination(path, through)
+    try:
+        if special:
+            with open(real, "wb") as f:
+                f.write(data)
+            return
+        f, tmp = temp_file(real)
+    except OSError as e:
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+    try:
+        f.write(data)
+        commit(f, tmp, real)
+    except BaseException as e:
+        discard(f, tmp)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise
