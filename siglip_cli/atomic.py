@@ -146,18 +146,21 @@ def check_writable(path: Path, through: bool = False) -> None:
         real, special = destination(path, through)
     except OutputError as e:
         raise UsageError(str(e)) from None
-    if special:
-        return  # written through at the end; opening a FIFO now would block until a reader comes
-    parent = real.parent
+    if not special:  # a FIFO or device is written through at the end; opening a FIFO now would block
+        check_folder_writable(real.parent)
+
+
+def check_folder_writable(folder: Path) -> None:
+    """Create the folder if needed and prove a file can be written in it, before any work."""
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise UsageError(f"cannot create output folder {str(parent)!r}: {e.strerror or e}") from None
+        raise UsageError(f"cannot create output folder {str(folder)!r}: {e.strerror or e}") from None
     try:  # a real probe: permission bits say nothing to root, or on read-only and virtual filesystems
-        with tempfile.TemporaryFile(dir=parent):
+        with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as e:
-        raise UsageError(f"cannot write to output folder {str(parent)!r}: {e.strerror or e}") from None
+        raise UsageError(f"cannot write to output folder {str(folder)!r}: {e.strerror or e}") from None
 
 
 def atomic_write_bytes(path: Path, data: bytes, through: bool = False) -> None:

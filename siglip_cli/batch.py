@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from .atomic import special_kind
+from .atomic import check_folder_writable, special_kind
 from .console import unicode_text
 from .embed import Embedder, Result
 from .errors import ImageError, OutputError, OutputGoneError, UsageError
@@ -78,10 +78,7 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
     folder = is_folder_output(out)
     out = Path(out)
     if folder:
-        try:
-            out.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise UsageError(f"cannot create output folder {str(out)!r}: {e.strerror or e}") from None
+        check_folder_writable(out)
     else:
         output_format(out)
         check_writable(out)

@@ -253,7 +253,7 @@ def embed(
     """
     import signal
 
-    from .atomic import atomic_write_bytes
+    from .atomic import atomic_write_bytes, check_folder_writable
 
     # A scheduler's SIGTERM (Slurm, Kubernetes) unwinds like Ctrl-C, from here on (imports and model
     # loading included): temp files go, the report is written.
@@ -270,7 +270,9 @@ def embed(
         if not inputs and not files_from:
             raise UsageError("no inputs: give image files, folders or patterns, or --files-from LIST")
         folder = is_folder_output(output)
-        if not folder:
+        if folder:
+            check_folder_writable(Path(output))
+        else:
             output_format(Path(output))
             check_writable(Path(output))
         items = collect(inputs or [], files_from, glob, ext, hidden)

@@ -86,7 +86,7 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, object]]:
             meta["sources"] = json.loads(sources.tobytes())
         return array, meta
     array = np.load(path, allow_pickle=False)
-    sidecar = _sidecar(path)
+    sidecar = _sidecar(Path(os.path.realpath(path)))  # beside the array, also when `path` is a symlink
     if not sidecar.is_file():
         return array, {}
     meta = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -197,7 +197,7 @@ class StackedWriter:
             commit(self._f, self._tmp, self.path)
             if side is not None:
                 commit(*side, _sidecar(self.path))
-                return [self.shown, _sidecar(self.shown)]
+                return [self.shown, _sidecar(self.path)]
             return [self.shown]
         except OSError as e:
             self.abort()

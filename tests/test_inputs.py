@@ -56,7 +56,7 @@ def test_files_from_maps_dotdot_and_absolute_paths_inside(tree, monkeypatch):
     assert got[1] == ("photos/__/photos/a.png", None)
     assert got[2][0].endswith("photos/2024/c.JPG") and got[3][0].endswith("photos/2024/z.webp")
     assert got[4] == ("nope.jpg", "no such file")
-    monkeypatch.setattr("sys.stdin", io.StringIO("photos/b.jpg\n"))
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"photos/b.jpg\n")))  # as a real stdin
     assert rels(collect([], files_from="-")) == ["photos/b.jpg"]
 
 
