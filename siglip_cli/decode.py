@@ -34,6 +34,31 @@ DRAFT_GAP = 3
 T = TypeVar("T")
 
 
+def _quiet_libtiff() -> None:
+    """Stop libtiff (inside Pillow) printing its own warnings and errors on stderr with no file name
+    ("ZIPDecode: Decoding error", "tempfile.tif: Using code not yet in table"): a broken TIFF is
+    reported once, by siglip, as `path: reason`. Best effort, and only on the libtiff already loaded
+    (RTLD_NOLOAD): Pillow's wheels bundle it in pillow.libs/, other builds use the system's."""
+    import ctypes
+    import ctypes.util
+    import glob
+
+    from PIL import _imaging
+
+    bundled = os.path.join(os.path.dirname(os.path.dirname(_imaging.__file__)), "pillow.libs", "libtiff*")
+    for path in [*glob.glob(bundled), ctypes.util.find_library("tiff")]:
+        try:
+            lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW)
+            lib.TIFFSetErrorHandler(None)
+            lib.TIFFSetWarningHandler(None)
+            return
+        except (OSError, AttributeError, TypeError):
+            continue
+
+
+_quiet_libtiff()
+
+
 def draft_scale(size: tuple[int, int], least: int) -> int:
     """The largest JPEG DCT scale (8, 4, 2) that divides both sides and keeps both >= least, else 1.
 
@@ -124,10 +149,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
             lo, hi = (float(a.min()), float(a.max())) if a.size else (0.0, 0.0)
         out = np.empty(a.shape, dtype=np.uint8)
         rows = max(1, (1 << 20) // max(1, a.shape[1]))
-        for r in range(0, a.shape[0], rows):
-            band = a[r:r + rows].astype(np.float64)
-            band = np.nan_to_num((band - lo) * (255.0 / (hi - lo)), nan=0.0) if hi > lo else np.nan_to_num(band, nan=0.0)
-            out[r:r + rows] = np.clip(np.rint(band), 0, 255)
+        with np.errstate(invalid="ignore", over="ignore"):  # signalling NaNs and infs: mapped just below
+            for r in range(0, a.shape[0], rows):
+                band = a[r:r + rows].astype(np.float64)
+                band = (band - lo) * (255.0 / (hi - lo)) if hi > lo else band
+                out[r:r + rows] = np.clip(np.rint(np.nan_to_num(band, nan=0.0)), 0, 255)
         del a
         return Image.fromarray(out, "L").convert("RGB")
     if "A" in image.getbands() or image.info.get("transparency") is not None:

@@ -45,7 +45,7 @@ VARIANTS_PER_ORIGINAL = 10  # byte-level mutations of each original (~33 origina
 EXIF_VARIANTS = 60  # structurally mutated EXIF blocks, in JPEG, PNG (eXIf) and WebP
 BUDGET_S = 45.0  # the whole test, generation and the CLI run included, on 2 CPU cores
 PIPELINE_TIMEOUT_S = 30.0  # the in-process run; a hang fails here with every thread's stack
-CLI_FILES = 32  # variants also run through the real CLI (it starts in ~3-5 s)
+CLI_FAILED_PER_FORMAT, CLI_EMBEDDED_PER_FORMAT = 5, 2  # also run through the real CLI (starts in ~3-5 s)
 CLI_TIMEOUT_S = 60
 MAX_RSS_GROWTH = 1 << 30  # a tiny file must never cost gigabytes
 ORIENTATION = 0x0112
@@ -297,7 +297,49 @@ def build_corpus(folder: Path, seed: int = SEED) -> list[Path]:
         what, blob = mutate_exif(rng, _exif(rng.choice([1, 3, 6, 8])).tobytes())
         fmt, suffix = rng.choice([("JPEG", ".jpg"), ("JPEG", ".jpg"), ("PNG", ".png"), ("WEBP", ".webp")])
         put(f"x{k:04d}-exif-{what}{suffix}", with_exif(photo, fmt, blob))
+    # Not random: every IFD0 / Exif IFD entry retyped (ASCII <-> SHORT, RATIONAL, FLOAT ...), orientation 6,
+    # so that rotating has to rewrite the block (exif_transpose re-serialises it: TypeError, struct.error).
+    blob = _exif(6).tobytes()
+    for k, (tag, typ, retyped) in enumerate(retype_exif(blob, (2, 3, 5, 11, 12))):
+        put(f"t{k:04d}-exif-tag{tag:04x}-type{typ}.jpg", with_exif(photo, "JPEG", retyped))
+    # Not random: a tiny TIFF whose header declares a much larger image than its strips hold (a flipped
+    # bit in ImageLength): Pillow decodes the strips it has and leaves the rest black, unnoticed.
+    for k, (name, tag, value) in enumerate([("tiff_16bit", 257, 1 << 20), ("tiff_float", 257, 1 << 18),
+                                            ("tiff_raw", 257, 1 << 19), ("tiff_16bit", 256, 1 << 18)]):
+        put(f"i{k:04d}-{name}-inflate{tag}.tif", set_tiff_tag(origs[f"{name}.tif"], tag, value))
     return paths
+
+
+def retype_exif(blob: bytes, types) -> list[tuple[int, int, bytes]]:
+    """(tag, new type, block) for every entry of IFD0 and the Exif IFD given each of `types`."""
+    tiff = blob[6:]
+    e = "<" if tiff[:2] == b"II" else ">"
+    (ifd0,) = struct.unpack_from(e + "I", tiff, 4)
+    top = _ifd_entries(tiff, ifd0, e)
+    sub = next(x for x in top if struct.unpack_from(e + "H", tiff, x)[0] == EXIF_IFD)
+    out = []
+    for x in top + _ifd_entries(tiff, struct.unpack_from(e + "I", tiff, sub + 8)[0], e):
+        tag, old = struct.unpack_from(e + "HH", tiff, x)
+        if tag in (EXIF_IFD, GPS_IFD, ORIENTATION):
+            continue
+        for typ in types:
+            if typ != old:
+                b = bytearray(tiff)
+                struct.pack_into(e + "H", b, x + 2, typ)
+                out.append((tag, typ, b"Exif\x00\x00" + bytes(b)))
+    return out
+
+
+def set_tiff_tag(data: bytes, tag: int, value: int) -> bytes:
+    """A TIFF with one LONG/SHORT tag of its first IFD set to value (written as LONG)."""
+    e = "<" if data[:2] == b"II" else ">"
+    b = bytearray(data)
+    (ifd0,) = struct.unpack_from(e + "I", b, 4)
+    for x in _ifd_entries(bytes(b), ifd0, e):
+        if struct.unpack_from(e + "H", b, x)[0] == tag:
+            struct.pack_into(e + "HII", b, x + 2, 4, 1, value)
+            return bytes(b)
+    raise AssertionError(f"no tag {tag}")
 
 
 # -- the tests -------------------------------------------------------------------------------------
@@ -335,6 +377,17 @@ def check_report(records: list[dict], inputs: list[Path], shape: tuple[int, ...]
             problems.append(f"{p.name}: status {r['status']!r}")
     problems += [f"{path}: a record for something that was not an input" for path in by_path]
     return problems
+
+
+def _culprits(embedder: Embedder, inputs: list[Path]) -> list[str]:
+    """The inputs that make Embedder.prepare raise (one at a time), as `name: ExceptionType: message`."""
+    found = []
+    for p in inputs:
+        try:
+            embedder.prepare(str(p))
+        except Exception as e:  # noqa: BLE001 - that is what is being looked for
+            found.append(f"{p.name}: {type(e).__module__}.{type(e).__name__}: {e}")
+    return found
 
 
 def _stacks() -> str:
@@ -379,8 +432,8 @@ def test_fuzzed_images_each_end_as_one_record_and_never_stop_the_run(tmp_path, c
     if worker.is_alive():
         pytest.fail(f"embed_to did not finish in {PIPELINE_TIMEOUT_S:.0f} s (seed {SEED}):\n{_stacks()}")
     if "error" in box:
-        raise AssertionError(f"an exception escaped embed_to (seed {SEED}); see the chained traceback "
-                             f"for the input") from box["error"]
+        raise AssertionError(f"an exception escaped embed_to (seed {SEED}); inputs whose decoding raises "
+                             f"something other than ImageError: {_culprits(embedder, inputs)}") from box["error"]
     summary = box["summary"]
     rss_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - rss_before
     assert rss_growth < MAX_RSS_GROWTH, f"peak memory grew by {rss_growth / 1e9:.1f} GB on {len(inputs)} tiny files"
@@ -394,22 +447,31 @@ def test_fuzzed_images_each_end_as_one_record_and_never_stop_the_run(tmp_path, c
     assert summary.failed > 0 and summary.embedded > len(inputs) // 4  # the corpus really is mixed
     assert sorted(p.name for p in out.rglob("*") if p.is_file()) == sorted(
         f"{n}.npy" for n, s in status.items() if s == "embedded")
+    # embed_to itself prints nothing: whatever is on fd 2 came from a decoder (libtiff's "LZWDecode: Not
+    # enough data ...") or a warning, with no path to say which file, once per bad file.
     captured = capfd.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    noisy = sorted({f"{w.category.__name__}: {w.message}" for w in caught
-                    if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))})
-    # Warnings without a path are useless on stderr over a few hundred files; the reasons say it all.
+    assert captured.err == "" and captured.out == "", (captured.err[-3000:] + captured.out[-1000:])
+    # Pillow's UserWarnings (corrupt EXIF, odd TIFF tags) are silenced by siglip_cli.decode's module-level
+    # filters, which pytest resets between collection and tests: leave those out here. Anything else
+    # (NumPy's RuntimeWarning, ...) would reach stderr without a path, useless over a few hundred files.
+    noisy = sorted({f"{w.category.__name__}: {w.message} ({Path(w.filename).name}:{w.lineno})" for w in caught
+                    if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))
+                    and not (issubclass(w.category, UserWarning) and f"{os.sep}PIL{os.sep}" in w.filename)})
     assert noisy == [], "\n".join(noisy)
 
-    # The real CLI, once, on a slice of the corpus (the base model at 32 px: 4 patches, fast).
+    # The real CLI, once, on a seeded slice of the corpus with every format, failed and embedded
+    # (the base model at 32 px: 4 patches, fast).
     cli_in = tmp_path / "cli"
     cli_in.mkdir()
     rng = random.Random(SEED)
-    chosen = sorted(rng.sample(inputs, CLI_FILES), key=lambda p: p.name)
+    chosen = []
+    for suffix in sorted({p.suffix for p in inputs}):
+        for verdict, k in (("failed", CLI_FAILED_PER_FORMAT), ("embedded", CLI_EMBEDDED_PER_FORMAT)):
+            pool = sorted(p for p in inputs if p.suffix == suffix and status[p.name] == verdict)
+            chosen += rng.sample(pool, min(k, len(pool)))
     for p in chosen:
         shutil.copy(p, cli_in / p.name)
     cli_out, cli_report = tmp_path / "cli-out", tmp_path / "cli.jsonl"
-    t0 = time.monotonic()
     proc = _run_cli_with_timeout("embed", str(cli_in), "--random-init", "--image-size", "32", "-o", f"{cli_out}/",
                                  "--report", str(cli_report), "--workers", "2", "--batch-size", "8")
     assert proc.returncode in (0, 1), proc.stderr[-3000:]
@@ -417,13 +479,15 @@ def test_fuzzed_images_each_end_as_one_record_and_never_stop_the_run(tmp_path, c
     cli_records = [json.loads(line) for line in cli_report.read_text().splitlines()]
     problems = check_report(cli_records, [cli_in / p.name for p in chosen], (4, 768))
     assert not problems, "\n".join(problems)
-    failed = [r for r in cli_records if r["status"] == "failed"]
+    failed = {r["path"]: r["reason"] for r in cli_records if r["status"] == "failed"}
     assert proc.returncode == (1 if failed else 0)
-    for r in failed:  # `path: reason`, once each
-        assert proc.stderr.count(f"{r['path']}: ") == 1, (r, proc.stderr[-3000:])
+    # stderr: the --random-init warning, `path: reason` once per failed file, the summary; nothing else.
+    lines = proc.stderr.splitlines()
+    assert lines[0].startswith("Warning: --random-init") and lines[-1].startswith(f"wrote {cli_out}/"), lines
+    expected = sorted(f"{path}: {reason}" for path, reason in failed.items())
+    assert sorted(lines[1:-1]) == expected, "\n".join(sorted(set(lines[1:-1]) ^ set(expected)))
     # The same file, the same verdict, in-process and through the CLI.
     assert {Path(r["path"]).name: r["status"] for r in cli_records} == {p.name: status[p.name] for p in chosen}
-    assert time.monotonic() - t0 < CLI_TIMEOUT_S
 
     elapsed = time.monotonic() - start
     assert elapsed < BUDGET_S, f"the fuzz test took {elapsed:.1f} s (budget {BUDGET_S:.0f} s)"
@@ -437,3 +501,80 @@ def _run_cli_with_timeout(*args: str) -> subprocess.CompletedProcess:
                               env=env, timeout=CLI_TIMEOUT_S)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"siglip embed hung on fuzzed files (seed {SEED}): {(e.stderr or b'')[-2000:]!r}")
+
+
+# -- odd but valid single inputs -------------------------------------------------------------------
+
+def odd_images(folder: Path) -> list[Path]:
+    """Valid images in the modes, shapes and values that real collections hold and decoders trip on."""
+    folder.mkdir(parents=True, exist_ok=True)
+    base = Image.open(SAMPLES / "cat.jpg").convert("RGB").resize((48, 40))
+    gray = np.asarray(base.convert("L"))
+    f = np.asarray(gray, dtype=np.float32)
+    snan = f.copy()
+    snan.view(np.uint32)[:, :8] = 0x7FA00000  # signalling NaN: what a flipped bit in a float TIFF gives
+    const_nan = np.full_like(f, 7.0)
+    const_nan[0, 0] = np.nan
+    images = {
+        "px1.png": base.resize((1, 1)), "px1.jpg": base.resize((1, 1)),
+        "tall_1x10000.png": base.resize((1, 10000)), "wide_10000x1.png": base.resize((10000, 1)),
+        "cmyk.jpg": base.convert("CMYK"), "cmyk.tif": base.convert("CMYK"), "lab.tif": base.convert("LAB"),
+        "la.png": base.convert("LA"), "bilevel.png": base.convert("1"), "int32.tif": base.convert("I"),
+        "be16.tif": Image.fromarray((gray.astype(">u2") * 257).astype(">u2")),
+        "all_nan.tif": Image.fromarray(np.full_like(f, np.nan)), "const_nan.tif": Image.fromarray(const_nan),
+        "snan.tif": Image.fromarray(snan), "all_inf.tif": Image.fromarray(np.full_like(f, np.inf)),
+        "huge_range.tif": Image.fromarray(np.linspace(-3.4e38, 3.4e38, f.size, dtype=np.float32).reshape(f.shape)),
+    }
+    paths = []
+    for name, image in images.items():
+        image.save(folder / name)
+        paths.append(folder / name)
+    frames = [base, base.rotate(180)]
+    for name in ("anim.webp", "anim.gif", "anim.png"):
+        frames[0].save(folder / name, save_all=True, append_images=frames[1:], duration=40)
+        paths.append(folder / name)
+    return paths
+
+
+def test_odd_but_valid_images_embed_quietly(tmp_path, capfd):
+    inputs = odd_images(tmp_path / "odd")
+    out, report = tmp_path / "out", tmp_path / "run.jsonl"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        embed_to(tiny_embedder(), [tmp_path / "odd"], f"{out}/", report=report, workers=2)
+    records = [json.loads(line) for line in report.read_text().splitlines()]
+    assert check_report(records, inputs, SHAPE) == []
+    assert [(Path(r["path"]).name, r["reason"]) for r in records if r["status"] != "embedded"] == []
+    noisy = sorted({f"{w.category.__name__}: {w.message} ({Path(w.filename).name}:{w.lineno})" for w in caught
+                    if not issubclass(w.category, (DeprecationWarning, PendingDeprecationWarning))
+                    and not (issubclass(w.category, UserWarning) and f"{os.sep}PIL{os.sep}" in w.filename)})
+    assert noisy == []
+    assert capfd.readouterr().err == ""
+
+
+def tiny_tiff(width: int, height: int, bits: int, sample_format: int, rows: int = 1) -> bytes:
+    """An uncompressed one-strip grayscale TIFF declaring width x height whose strip holds `rows` rows."""
+    data = bytes(width * bits // 8 * rows)
+    tags = [(256, 4, width), (257, 4, height), (258, 3, bits), (259, 3, 1), (262, 3, 1), (273, 4, 0),
+            (277, 3, 1), (278, 4, rows), (279, 4, len(data)), (339, 3, sample_format)]
+    start = 8 + 2 + 12 * len(tags) + 4
+    out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(tags)))
+    for tag, typ, value in tags:
+        value = start if tag == 273 else value
+        out += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+    return bytes(out + b"\x00\x00\x00\x00" + data)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap: Pillow decodes only the strips a TIFF lists and leaves the "
+                   "rest of the declared image black, so a 16 KB file costs seconds and ~1-5 GB and embeds as garbage")
+def test_a_tiny_tiff_declaring_a_huge_image_fails_fast_as_truncated(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "huge_f32.tif").write_bytes(tiny_tiff(8000, 8000, 32, 3))  # 64 Mpx float, 32 KB of data
+    report = tmp_path / "run.jsonl"
+    t0 = time.monotonic()
+    embed_to(tiny_embedder(), [folder], f"{tmp_path / 'out'}/", report=report, workers=1)
+    elapsed = time.monotonic() - t0
+    (record,) = [json.loads(line) for line in report.read_text().splitlines()]
+    assert record["status"] == "failed" and "truncated" in record["reason"], record
+    assert elapsed < 2.0
