@@ -7,6 +7,8 @@ rename table; the defaults are google/siglip-base-patch16-224.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,41 @@ DEFAULT_MODEL_ID = "google/siglip-base-patch16-224"
 
 # hidden_act values found in SigLIP configs -> whether GELU uses the tanh approximation.
 GELU_APPROXIMATE = {"gelu_pytorch_tanh": "tanh", "gelu_new": "tanh", "gelu_fast": "tanh", "gelu": "none"}
+
+
+# Upper bounds on a checkpoint's config: generous for every released SigLIP (giant is 1536 wide and 40
+# deep, so400m's MLP 4304 wide, images up to 512 px), yet a hostile config.json cannot make building the
+# model hang or allocate without limit. Attention cost grows with the square of the patch count.
+MAX_HIDDEN_SIZE = 8192
+MAX_INTERMEDIATE_SIZE = 65536
+MAX_HEADS = 256
+MAX_LAYERS = 256
+MAX_IMAGE_SIZE = 2048  # pixels per side, for the config and for --image-size
+MAX_PATCHES = 16384  # a 128 x 128 grid: 2048 px at patch 16
+_INT_LIMITS = {"hidden_size": MAX_HIDDEN_SIZE, "intermediate_size": MAX_INTERMEDIATE_SIZE,
+               "num_attention_heads": MAX_HEADS, "num_hidden_layers": MAX_LAYERS, "image_size": MAX_IMAGE_SIZE}
+
+
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON's true is a Python int
+
+
+def is_number(value: object) -> bool:
+    """A finite int or float: not JSON's true/false, NaN or Infinity, nor an int too big for a float."""
+    if is_int(value):
+        return abs(value) < 2 ** 1023
+    return isinstance(value, float) and math.isfinite(value)
+
+
+def shown(value: object, limit: int = 200) -> str:
+    """A value from a JSON file, for a message: null as null, anything long cut short."""
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def json_kind(value: object) -> str:
+    """'null', 'a list', 'a str' ...: what a JSON value is, when it is not what was expected."""
+    return "null" if value is None else f"a {type(value).__name__}"
 
 
 @dataclass
@@ -33,19 +70,37 @@ class SiglipVisionConfig:
     vision_use_head: bool = True
 
     def __post_init__(self) -> None:
+        # Types and ranges first: a config.json can hold any JSON value, and torch's own errors on them
+        # are tracebacks (or a model with ten million layers being built).
+        limits = {**_INT_LIMITS, "patch_size": self.image_size if is_int(self.image_size) else MAX_IMAGE_SIZE}
+        for name, limit in limits.items():
+            value = getattr(self, name)
+            if not is_int(value) or not 1 <= value <= limit:
+                raise CheckpointError(f"{name} is {shown(value)}: expected an integer from 1 to {limit}"
+                                      f"{' (the image_size)' if name == 'patch_size' else ''}: fix the config")
+        if not is_int(self.num_channels) or self.num_channels != 3:
+            raise CheckpointError(f"num_channels is {shown(self.num_channels)}: expected 3 (RGB), the images siglip "
+                                  "embeds: fix the config")
+        if not is_number(self.layer_norm_eps) or not 0 < self.layer_norm_eps < 1:
+            raise CheckpointError(f"layer_norm_eps is {shown(self.layer_norm_eps)}: expected a number above 0 and "
+                                  "below 1 (SigLIP uses 1e-6): fix the config")
+        if not is_number(self.attention_dropout) or not 0 <= self.attention_dropout < 1:
+            raise CheckpointError(f"attention_dropout is {shown(self.attention_dropout)}: expected a number from 0 "
+                                  "to below 1: fix the config")
+        if not isinstance(self.vision_use_head, bool):
+            raise CheckpointError(f"vision_use_head is {shown(self.vision_use_head)}: expected true or false: "
+                                  "fix the config")
+        if not isinstance(self.hidden_act, str) or self.hidden_act not in GELU_APPROXIMATE:
+            raise CheckpointError(f"unsupported hidden_act {shown(self.hidden_act)}: expected one of "
+                                  f"{', '.join(GELU_APPROXIMATE)}: fix the config")
         if self.hidden_size % self.num_attention_heads:
             raise CheckpointError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
                 f"{self.num_attention_heads}: fix the config"
             )
-        if self.image_size < self.patch_size:
-            raise CheckpointError(
-                f"image_size {self.image_size} is smaller than patch_size {self.patch_size}: fix the config"
-            )
-        if self.hidden_act not in GELU_APPROXIMATE:
-            raise CheckpointError(
-                f"unsupported hidden_act {self.hidden_act!r}: expected one of {', '.join(GELU_APPROXIMATE)}"
-            )
+        if self.num_patches > MAX_PATCHES:
+            raise CheckpointError(f"image_size {self.image_size} with patch_size {self.patch_size} makes "
+                                  f"{self.num_patches} patches, more than {MAX_PATCHES}: fix the config")
 
     @property
     def head_dim(self) -> int:
@@ -68,14 +123,18 @@ class SiglipVisionConfig:
         keys take transformers' defaults, as the hub's configs rely on.
         """
         model_type = d.get("model_type")
-        if model_type == "siglip2" or (d.get("vision_config") or {}).get("model_type") == "siglip2_vision_model" \
+        vision = d.get("vision_config", {})
+        if not isinstance(vision, dict):
+            raise CheckpointError(f"vision_config is {json_kind(vision)}, not a JSON object of the vision tower's "
+                                  "sizes: fix the config")
+        if model_type == "siglip2" or vision.get("model_type") == "siglip2_vision_model" \
                 or model_type == "siglip2_vision_model":
             raise CheckpointError(
                 "SigLIP 2 NaFlex checkpoints (model_type 'siglip2') are not supported: "
                 "use a fixed-resolution SigLIP 2 checkpoint (e.g. google/siglip2-base-patch16-224)"
             )
         if "vision_config" in d:
-            d = d["vision_config"] or {}
+            d = vision
         elif model_type not in (None, "siglip_vision_model"):
             raise CheckpointError(
                 f"unsupported architecture model_type={model_type!r}: expected a SigLIP checkpoint "
@@ -91,6 +150,16 @@ class SiglipVisionConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def num_parameters(self) -> int:
+        """The vision tower's parameter count, from the sizes alone (equal to the built model's; tested)."""
+        d, i, p = self.hidden_size, self.intermediate_size, self.patch_size
+        mlp = (d * i + i) + (i * d + d)
+        layer = 4 * (d * d + d) + mlp + 2 * 2 * d  # q, k, v, out projections; fc1, fc2; two LayerNorms
+        n = (self.num_channels * p * p * d + d) + self.num_patches * d + self.num_hidden_layers * layer + 2 * d
+        if self.vision_use_head:  # probe, attention in/out projections, LayerNorm, MLP
+            n += d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + mlp
+        return n
+
 
 # Named sizes of the released SigLIP vision towers (see `siglip models` for the full list).
 PRESETS: dict[str, SiglipVisionConfig] = {
@@ -104,12 +173,43 @@ PRESETS: dict[str, SiglipVisionConfig] = {
 }
 
 
+def physical_memory() -> int | None:
+    """This machine's RAM in bytes, or None where the OS does not say (os.sysconf is POSIX only)."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits_in_memory(config: SiglipVisionConfig, where: str = "config.json") -> None:
+    """Refuse, before any module is built, a model whose float32 weights alone exceed this machine's memory.
+
+    Each field can be within its bound while their product is absurd (8192 wide x 256 layers is 1.4 TB);
+    loading converts the weights to float32, so 4 bytes a parameter is what loading needs.
+    """
+    need, have = 4 * config.num_parameters(), physical_memory()
+    if have is not None and need > have:
+        raise CheckpointError(f"{where}: describes a model of {config.num_parameters() / 1e9:.1f}B parameters, "
+                              f"{need / 2 ** 30:.1f} GiB as float32, more than this machine's memory "
+                              f"({have / 2 ** 30:.1f} GiB): fix the config, or use a machine with more memory")
+
+
 def check_image_size(image_size: int, config: SiglipVisionConfig) -> None:
-    """A resolution the model can run at: its native size, or a positive multiple of the patch size."""
+    """A resolution the model can run at: its native size, or a positive multiple of the patch size, at most
+    MAX_IMAGE_SIZE and MAX_PATCHES patches (a huge size would be a huge allocation, or a run that never ends)."""
     patch_size = config.patch_size
+    if isinstance(image_size, bool) or not hasattr(type(image_size), "__index__"):  # numpy and torch ints pass
+        raise UsageError(f"image size {image_size!r} is not a whole number of pixels: use e.g. {config.image_size}")
+    if image_size > MAX_IMAGE_SIZE:
+        raise UsageError(f"image size {image_size} is more than siglip's limit of {MAX_IMAGE_SIZE} px: "
+                         f"use a smaller size (e.g. {config.image_size}, the model's own)")
     if image_size != config.image_size and (image_size <= 0 or image_size % patch_size):
         lo = max(patch_size, image_size // patch_size * patch_size)
         raise UsageError(
             f"image size {image_size} is not a multiple of the patch size {patch_size}: "
             f"use e.g. {lo} or {lo + patch_size}"
         )
+    patches = (image_size // patch_size) ** 2
+    if patches > MAX_PATCHES:
+        raise UsageError(f"image size {image_size} with patch size {patch_size} makes {patches} patches, more "
+                         f"than siglip's limit of {MAX_PATCHES}: use a smaller size (e.g. {config.image_size})")

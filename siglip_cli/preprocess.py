@@ -16,12 +16,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import MAX_IMAGE_SIZE, is_int, is_number, shown
 from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, draft_scale, load_image, to_rgb  # noqa: F401 (public here too)
 from .errors import CheckpointError, UsageError
 
 NORM_PRESETS = ("auto", "imagenet", "checkpoint")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# What transformers' SiglipImageProcessor uses for a key its preprocessor_config.json leaves out.
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+SIGLIP_RESAMPLE = 3  # bicubic
 # PIL's resampling filters by the names (and the integer codes) preprocessor configs use.
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
 _RESAMPLE = {"nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS,
@@ -57,27 +61,62 @@ def imagenet_preprocessing(image_size: int) -> Preprocessing:
 
 
 def checkpoint_preprocessing(config: dict, image_size: int | None, where: str = "checkpoint") -> Preprocessing:
-    """The preset a SigLIP preprocessor_config.json describes (SiglipImageProcessor semantics)."""
-    size = config.get("size") or {}
-    native = size.get("height") if isinstance(size, dict) else size
-    if isinstance(size, dict) and size.get("height") != size.get("width"):
-        raise CheckpointError(f"{where}: preprocessor_config.json size {size} is not square: "
-                              "only square SigLIP checkpoints are supported")
-    if not config.get("do_resize", True) or not isinstance(native, int):
-        raise CheckpointError(f"{where}: preprocessor_config.json has no square resize size: "
-                              "use --norm imagenet")
-    resample = config.get("resample", 2)
-    resample = RESAMPLE_NAMES.get(resample, resample) if isinstance(resample, int) else str(resample).lower()
-    if resample not in _RESAMPLE:
-        raise CheckpointError(f"{where}: preprocessor_config.json resample {resample!r} is not supported")
-    rescale = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
-    if config.get("do_normalize", True):
-        mean, std = config.get("image_mean", IMAGENET_MEAN), config.get("image_std", IMAGENET_STD)
-        mean = tuple(float(v) for v in (mean if isinstance(mean, list) else [mean] * 3))
-        std = tuple(float(v) for v in (std if isinstance(std, list) else [std] * 3))
+    """The preset a SigLIP preprocessor_config.json describes (SiglipImageProcessor semantics).
+
+    Every value is checked: the file is data from the internet, and a wrong type would otherwise be a
+    traceback, or worse, silently different numbers (a "false" string is truthy; a std of 0 divides by zero).
+    """
+    file = f"{where}: preprocessor_config.json"
+
+    def bad(key: str, value: object, expected: str) -> CheckpointError:
+        return CheckpointError(f"{file} {key} is {shown(value)}: expected {expected}: fix preprocessor_config.json")
+
+    def flag(key: str) -> bool:
+        value = config.get(key, True)
+        if not isinstance(value, bool):
+            raise bad(key, value, "true or false")
+        return value
+
+    def channels(key: str, default: tuple[float, float, float], positive: bool) -> tuple[float, float, float]:
+        value = config.get(key, default)
+        values = [value] * 3 if is_number(value) else value  # one number: the same for R, G and B
+        if not isinstance(values, (list, tuple)) or len(values) != 3 or not all(map(is_number, values)) \
+                or (positive and min(values) <= 0):
+            raise bad(key, value, f"3 numbers (R, G, B){', each above 0' if positive else ''}, or one number")
+        return tuple(float(v) for v in values)
+
+    size = config.get("size")
+    if isinstance(size, dict):
+        height, width = size.get("height"), size.get("width")
+        if height != width:
+            raise CheckpointError(f"{file} size {shown(size)} is not square: only square SigLIP checkpoints are "
+                                  "supported")
+        if not is_int(height) or not 1 <= height <= MAX_IMAGE_SIZE:
+            raise CheckpointError(f"{file} size is {shown(height)} x {shown(width)}: expected a side from 1 to "
+                                  f"{MAX_IMAGE_SIZE} px: fix preprocessor_config.json")
+        native = height
+    elif size is not None and (not is_int(size) or not 1 <= size <= MAX_IMAGE_SIZE):
+        raise bad("size", size, f'{{"height": S, "width": S}} with S from 1 to {MAX_IMAGE_SIZE}')
+    else:
+        native = size
+    if not flag("do_resize") or native is None:
+        raise CheckpointError(f"{file} has no square resize size: use --norm imagenet")
+    resample = config.get("resample", SIGLIP_RESAMPLE)
+    name = RESAMPLE_NAMES.get(resample) if is_int(resample) else None
+    if isinstance(resample, str):
+        name = resample.lower()
+    if name not in _RESAMPLE:
+        raise bad("resample", resample, f"one of {', '.join(_RESAMPLE)} or its number 0-5")
+    rescale = 1.0
+    if flag("do_rescale"):
+        rescale = config.get("rescale_factor", 1 / 255)
+        if not is_number(rescale) or rescale <= 0:
+            raise bad("rescale_factor", rescale, "a number above 0 (SigLIP's is 1/255)")
+    if flag("do_normalize"):
+        mean, std = channels("image_mean", SIGLIP_MEAN, False), channels("image_std", SIGLIP_STD, True)
     else:
         mean, std = (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
-    return Preprocessing("checkpoint", image_size or native, resample, rescale, mean, std)
+    return Preprocessing("checkpoint", image_size or native, name, float(rescale), mean, std)
 
 
 def choose_preprocessing(norm: str, preprocessor_config: dict | None, model_image_size: int,

@@ -8,13 +8,14 @@ pickles (*.bin, *.pt, *.pth) can run code when loaded, so they are never opened.
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
-from .config import DEFAULT_MODEL_ID, SiglipVisionConfig
-from .errors import CheckpointError, ModelNotFoundError
+from .config import DEFAULT_MODEL_ID, SiglipVisionConfig, check_fits_in_memory, json_kind, shown
+from .errors import CheckpointError, ModelNotFoundError, SiglipWarning
 from .model import SiglipVisionModel
 
 WEIGHTS_NAME = "model.safetensors"
@@ -25,6 +26,11 @@ NEEDED_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", 
                 WEIGHTS_INDEX_NAME]
 
 _VISION_ROOTS = ("embeddings.", "encoder.", "post_layernorm.", "head.")
+# The JSON files of a checkpoint are kilobytes (so400m's index: ~80 KB); a bigger one is not a checkpoint's.
+MAX_JSON_BYTES = 16 << 20
+# safetensors dtypes the model can compute with (converted to --dtype on load); integers and bools are not
+# weights, and torch refuses them as parameters only after loading, with a traceback.
+FLOAT_DTYPES = ("F32", "F16", "BF16", "F64")
 
 
 @dataclass(frozen=True)
@@ -56,9 +62,16 @@ def map_checkpoint_key(name: str) -> str | None:
 
 def _read_json(path: Path) -> object:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e}): re-download the checkpoint") from None
+        with path.open("rb") as f:
+            data = f.read(MAX_JSON_BYTES + 1)
+        if len(data) > MAX_JSON_BYTES:
+            raise CheckpointError(f"{path}: larger than {MAX_JSON_BYTES >> 20} MiB, far beyond any checkpoint's "
+                                  "JSON: re-download the checkpoint")
+        return json.loads(data.decode("utf-8"))
+    # ValueError: bad JSON, bad UTF-8, or an integer of over 4300 digits; RecursionError: nesting thousands deep.
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({type(e).__name__}: {str(e)[:200]}): "
+                              "re-download the checkpoint") from None
 
 
 def read_config(ckpt: Path) -> SiglipVisionConfig:
@@ -68,7 +81,10 @@ def read_config(ckpt: Path) -> SiglipVisionConfig:
     data = _read_json(path)
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object: re-download the checkpoint")
-    return SiglipVisionConfig.from_hf_dict(data)
+    try:
+        return SiglipVisionConfig.from_hf_dict(data)
+    except CheckpointError as e:  # name the file: the messages name only the field
+        raise CheckpointError(f"{path}: {e}") from None
 
 
 def read_preprocessor_config(ckpt: Path) -> dict | None:
@@ -76,7 +92,16 @@ def read_preprocessor_config(ckpt: Path) -> dict | None:
     if not path.is_file():
         return None
     data = _read_json(path)
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):  # never silently fall back to other preprocessing
+        raise CheckpointError(f"{path}: is {json_kind(data)}, not a JSON object: fix the file, or re-download "
+                              "the checkpoint")
+    return data
+
+
+def _inside(name: str) -> bool:
+    """A relative path below the checkpoint folder, judged by the name alone: in the Hugging Face cache every
+    file is a symlink into ../../blobs, so the resolved path is outside by design."""
+    return not any(p.anchor or ".." in p.parts for p in (PurePosixPath(name), PureWindowsPath(name)))
 
 
 def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
@@ -86,13 +111,22 @@ def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
     """
     index = ckpt / WEIGHTS_INDEX_NAME
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{index}: not a valid safetensors index ({e}): re-download the checkpoint") \
-                from None
+        data = _read_json(index)
+        if not isinstance(data, dict) or "weight_map" not in data:
+            raise CheckpointError(f"{index}: no weight_map: not a safetensors index: re-download the checkpoint")
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: weight_map is {json_kind(weight_map)}, not a JSON object of tensor name "
+                                  "-> shard file: re-download the checkpoint")
         files: dict[Path, list[str]] = {}
         for name, shard in sorted(weight_map.items()):
+            if not isinstance(shard, str) or not shard:
+                raise CheckpointError(f"{index}: tensor {shown(name)} is in {shown(shard)}, not a file name: "
+                                      "re-download the checkpoint")
+            if not _inside(shard):
+                raise CheckpointError(f"{index}: tensor {shown(name)} is in {shown(shard)}, outside the checkpoint "
+                                      "folder (siglip reads only the checkpoint's own files): re-download the "
+                                      "checkpoint")
             if map_checkpoint_key(name) is not None:
                 files.setdefault(ckpt / shard, []).append(name)
         return dict(files)
@@ -124,8 +158,14 @@ def read_vision_tensors(ckpt: Path, shapes_only: bool = False) -> dict[str, torc
             with safe_open(str(path), framework="pt") as f:
                 for name in names if names is not None else f.keys():
                     key = map_checkpoint_key(name)
-                    if key is not None:
-                        state[key] = tuple(f.get_slice(name).get_shape()) if shapes_only else f.get_tensor(name)
+                    if key is None:
+                        continue
+                    header = f.get_slice(name)  # dtype and shape: no data is read
+                    if header.get_dtype() not in FLOAT_DTYPES:
+                        raise CheckpointError(f"{path}: tensor {shown(name)} is stored as {header.get_dtype()}: "
+                                              f"weights must be floating-point ({', '.join(FLOAT_DTYPES)}): "
+                                              "re-download the checkpoint, or convert it")
+                    state[key] = tuple(header.get_shape()) if shapes_only else f.get_tensor(name)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: truncated or corrupt safetensors file ({e}): "
                                   "re-download the checkpoint") from None
@@ -163,15 +203,28 @@ def check_checkpoint(ckpt: Path) -> SiglipVisionConfig:
     return config
 
 
+def warn_non_finite(state: dict[str, torch.Tensor], limit: int = 3) -> None:
+    """Warn (not refuse: a user may want to inspect such a model) about weights holding NaN or inf, which make
+    every embedding NaN; embed then reports each output as not finite."""
+    # A sum is NaN or inf when any element is, and is 20x faster than isfinite; only a sum that overflows
+    # (or a non-finite tensor) needs the exact check.
+    bad = sorted(k for k, v in state.items() if not v.sum().isfinite() and not v.isfinite().all())
+    if bad:
+        warnings.warn(f"NaN or inf in {len(bad)} weight tensors: {_name_list(bad, limit)}: the embeddings will "
+                      "be NaN or inf: re-download the checkpoint", SiglipWarning, stacklevel=3)
+
+
 def load_model(source: ModelSource, dtype: torch.dtype = torch.float32) -> SiglipVisionModel:
     """Build the model for a checkpoint's config and load its vision weights strictly."""
     config = read_config(source.path)
+    check_fits_in_memory(config, str(source.path / "config.json"))
     state = read_vision_tensors(source.path)
     check_shapes({k: tuple(v.shape) for k, v in state.items()}, config, str(source.path))
     # Built on the meta device: no time spent initialising weights that are about to be replaced.
     with torch.device("meta"):
         model = SiglipVisionModel(config)
-    state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+    warn_non_finite(state)
+    state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.name_or_path = source.name
     model.revision = source.revision

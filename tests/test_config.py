@@ -1,7 +1,11 @@
 import pytest
 
-from siglip_cli.config import PRESETS, SiglipVisionConfig, check_image_size
+import siglip_cli.config as config_module
+from siglip_cli.config import (MAX_IMAGE_SIZE, PRESETS, SiglipVisionConfig, check_fits_in_memory,
+                               check_image_size)
 from siglip_cli.errors import CheckpointError, UsageError
+
+from conftest import PATCH14, TINY
 
 
 def test_defaults_are_siglip_base_patch16_224():
@@ -58,3 +62,80 @@ def test_image_size_must_be_a_patch_multiple_except_the_native_size():
         check_image_size(230, base)
     with pytest.raises(UsageError, match="not a multiple"):
         check_image_size(0, base)
+
+
+# Each bound is allowed, one past it is refused, as are the types JSON can hold that are not the field's.
+LIMITS = [("hidden_size", 8192, 8193), ("intermediate_size", 65536, 65537), ("num_attention_heads", 256, 257),
+          ("num_hidden_layers", 256, 257), ("image_size", MAX_IMAGE_SIZE, MAX_IMAGE_SIZE + 1)]
+
+
+@pytest.mark.parametrize("name, highest, over", LIMITS)
+def test_sizes_are_bounded_integers(name, highest, over):
+    small = dict(hidden_size=256, intermediate_size=37, num_attention_heads=1, num_hidden_layers=1,
+                 image_size=MAX_IMAGE_SIZE, patch_size=16)
+    assert getattr(SiglipVisionConfig(**{**small, name: highest}), name) == highest
+    for bad in (over, 0, -1, 32.0, True, "32", None, [32]):
+        with pytest.raises(CheckpointError, match=rf"^{name} is .*: expected an integer from 1 to {highest}: "
+                                                  "fix the config$"):
+            SiglipVisionConfig(**{**small, name: bad})
+
+
+def test_patch_size_and_patch_count_are_bounded():
+    assert SiglipVisionConfig(**{**TINY, "patch_size": 32}).num_patches == 1
+    with pytest.raises(CheckpointError, match=r"patch_size is 33: expected an integer from 1 to 32 \(the image_size\)"):
+        SiglipVisionConfig(**{**TINY, "patch_size": 33})
+    assert SiglipVisionConfig(**{**TINY, "image_size": 128, "patch_size": 1}).num_patches == 16384
+    with pytest.raises(CheckpointError, match="image_size 129 with patch_size 1 makes 16641 patches, more than 16384"):
+        SiglipVisionConfig(**{**TINY, "image_size": 129, "patch_size": 1})
+
+
+@pytest.mark.parametrize("field, value", [("num_channels", 1), ("num_channels", 3.0), ("layer_norm_eps", 0),
+                                          ("layer_norm_eps", 1.5), ("layer_norm_eps", float("inf")),
+                                          ("layer_norm_eps", 10 ** 400), ("layer_norm_eps", True),
+                                          ("attention_dropout", -0.1), ("attention_dropout", None),
+                                          ("vision_use_head", 1), ("vision_use_head", None), ("hidden_act", None)])
+def test_other_fields_are_checked(field, value):
+    with pytest.raises(CheckpointError, match=f"{field} .*fix the config$"):
+        SiglipVisionConfig(**{**TINY, field: value})
+
+
+def test_long_values_are_cut_short_in_messages():
+    with pytest.raises(CheckpointError) as e:
+        SiglipVisionConfig(hidden_size="x" * 100_000)
+    assert len(str(e.value)) < 300
+
+
+@pytest.mark.parametrize("config", [*PRESETS.values(), SiglipVisionConfig(**TINY), SiglipVisionConfig(**PATCH14),
+                                    SiglipVisionConfig(**TINY, vision_use_head=False)])
+def test_parameter_count_from_the_config_equals_the_models(config):
+    import torch
+
+    from siglip_cli.model import SiglipVisionModel
+
+    with torch.device("meta"):
+        assert config.num_parameters() == sum(p.numel() for p in SiglipVisionModel(config).parameters())
+
+
+def test_a_model_larger_than_memory_is_refused(monkeypatch):
+    assert config_module.physical_memory() > 1 << 28  # this machine's RAM: the tests run on POSIX
+    monkeypatch.setattr(config_module, "physical_memory", lambda: 1 << 30)
+    check_fits_in_memory(PRESETS["base"])  # 93M parameters: 0.35 GiB
+    with pytest.raises(CheckpointError, match=r"^ckpt/config.json: describes a model of 0\.4B parameters, 1\.6 GiB "
+                                              r"as float32, more than this machine's memory \(1\.0 GiB\): fix the "
+                                              "config, or use a machine with more memory$"):
+        check_fits_in_memory(PRESETS["so400m"], "ckpt/config.json")
+    monkeypatch.setattr(config_module, "physical_memory", lambda: None)  # unknown (not POSIX): not checked
+    check_fits_in_memory(PRESETS["giant"])
+
+
+def test_image_size_is_bounded():
+    check_image_size(MAX_IMAGE_SIZE, PRESETS["base"])
+    with pytest.raises(UsageError, match=r"image size 1000000 is more than siglip's limit of 2048 px: use a "
+                                         r"smaller size \(e.g. 224, the model's own\)"):
+        check_image_size(1_000_000, PRESETS["base"])
+    with pytest.raises(UsageError, match="not a whole number of pixels"):
+        check_image_size(224.0, PRESETS["base"])
+    fine_patches = SiglipVisionConfig(**{**TINY, "image_size": 128, "patch_size": 1})
+    with pytest.raises(UsageError, match="image size 256 with patch size 1 makes 65536 patches, more than siglip's "
+                                         "limit of 16384"):
+        check_image_size(256, fine_patches)

@@ -34,6 +34,20 @@ def test_checkpoint_preset_equals_transformers_pil_processor(photo, size):
     assert ours.min() >= -1.0 and ours.max() <= 1.0
 
 
+def test_missing_keys_take_the_siglip_processors_defaults():
+    # transformers' SiglipImageProcessor: mean = std = 0.5 (IMAGENET_STANDARD_*), bicubic, 1/255.
+    from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
+
+    config = {"size": {"height": 45, "width": 45}}
+    prep = checkpoint_preprocessing(config, None)
+    assert (prep.mean, prep.std, prep.resample, prep.rescale_factor) == ((0.5,) * 3, (0.5,) * 3, "bicubic", 1 / 255)
+    expected = torch.from_numpy(SiglipImageProcessorPil(**config)(Image.open(PHOTOS[0]), return_tensors="np")
+                                ["pixel_values"][0])
+    assert (prep(load_image(PHOTOS[0])) - expected).abs().max().item() <= 1e-6
+    one_number = checkpoint_preprocessing({**config, "image_mean": 0.25, "image_std": 2}, None)
+    assert (one_number.mean, one_number.std) == ((0.25,) * 3, (2.0,) * 3)
+
+
 @pytest.mark.parametrize("photo", PHOTOS[:3], ids=lambda p: p.name)
 def test_imagenet_preset_equals_the_seeds_torchvision_pipeline(photo):
     from torchvision import transforms

@@ -88,6 +88,10 @@ def test_text_tower_is_never_read_from_a_single_file(tmp_path, monkeypatch):
             read.append(name)
             return self._inner.get_tensor(name)
 
+        def get_slice(self, name):  # the header's dtype and shape, no data
+            read.append(name)
+            return self._inner.get_slice(name)
+
     monkeypatch.setattr("safetensors.safe_open", Recording)
     SiglipVisionModel.from_pretrained(str(tmp_path))
     all_names = load_file(tmp_path / "model.safetensors").keys()
@@ -233,3 +237,40 @@ def test_every_siglip_size_has_transformers_names_and_shapes(size):
     expected = {map_checkpoint_key(k): tuple(v.shape) for k, v in ref.state_dict().items()}
     expected.pop(None, None)
     assert {k: tuple(v.shape) for k, v in ours.state_dict().items()} == expected
+
+
+def test_half_and_double_precision_weights_load_as_float32(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    state = load_file(tmp_path / "model.safetensors")
+    dtypes = [torch.float16, torch.bfloat16, torch.float64]
+    stored = {k: v.to(dtypes[i % 3]) for i, (k, v) in enumerate(sorted(state.items()))}
+    save_file(stored, tmp_path / "model.safetensors", metadata={"format": "pt"})
+    model = SiglipVisionModel.from_pretrained(str(tmp_path))
+    ours = model.state_dict()
+    assert {v.dtype for v in ours.values()} == {torch.float32}
+    for k, v in stored.items():
+        assert torch.equal(ours[f"vision_model.{k}"], v.float()), k
+
+
+def test_shards_in_the_hf_cache_are_symlinks_out_of_the_folder_and_load(patch14_full_ckpt, tmp_path):
+    # The cache keeps each file in blobs/ and links snapshots/<commit>/<name> to ../../blobs/<hash>: the shard
+    # names are checked lexically (inside the folder), not where the links lead.
+    src, ref = patch14_full_ckpt
+    snapshot, blobs = tmp_path / "snapshots" / "abc", tmp_path / "blobs"
+    snapshot.mkdir(parents=True)
+    blobs.mkdir()
+    for i, f in enumerate(sorted(src.iterdir())):
+        shutil.copy(f, blobs / f"blob{i}")
+        (snapshot / f.name).symlink_to(f"../../blobs/blob{i}")
+    _assert_same_weights(SiglipVisionModel.from_pretrained(str(snapshot)), ref)
+    # A shard in a subfolder is inside the checkpoint too.
+    index = json.loads((snapshot / "model.safetensors.index.json").read_text())
+    (snapshot / "sub").mkdir()
+    for shard in set(index["weight_map"].values()):
+        blob = (snapshot / shard).readlink()
+        (snapshot / shard).unlink()
+        (snapshot / "sub" / shard).symlink_to(".." / blob)
+    index["weight_map"] = {k: f"sub/{v}" for k, v in index["weight_map"].items()}
+    (snapshot / "model.safetensors.index.json").unlink()
+    (snapshot / "model.safetensors.index.json").write_text(json.dumps(index))
+    _assert_same_weights(SiglipVisionModel.from_pretrained(str(snapshot)), ref)
