@@ -2,7 +2,10 @@
 
 Everything goes through huggingface_hub (its cache, HF_HOME, HF_TOKEN, HF_HUB_OFFLINE and
 HF_ENDPOINT behave as everywhere in that ecosystem). huggingface_hub accepts a corrupted body of the
-right size without complaint, so every downloaded file is hashed and compared with the hub's record.
+right size without complaint, so every downloaded file is hashed and compared with the hub's record:
+the model info's files metadata, else what huggingface_hub recorded while downloading (the tree
+listing it caches per commit, then the ETag it names the blob after). A mirror may send none of these;
+such a file is named as NOT verified (a warning, or an error under --verify), never passed as verified.
 """
 
 from __future__ import annotations
@@ -12,11 +15,13 @@ import errno
 import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError
+from .errors import (ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError,
+                     SiglipWarning)
 from .weights import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
                       check_checkpoint, read_config)
 
@@ -30,6 +35,8 @@ class Downloaded:
     path: Path
     files: dict[str, int] = field(default_factory=dict)  # name -> bytes
     full_checkpoint: bool = False  # the weights also hold the text tower
+    verified: tuple[str, ...] = ()  # files whose bytes matched a hash the hub sent
+    unverified: tuple[str, ...] = ()  # files no source had a hash for: not checked (a warning was issued)
 
     @property
     def size(self) -> int:
@@ -120,20 +127,41 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _hash_file(path: Path, h):
+def _hash_file(path: Path, *hashes):
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+            for h in hashes:
+                h.update(chunk)
+    return hashes[0].hexdigest()
 
 
-def _git_blob_sha1(path: Path) -> str:
-    """git's object id of a file: what the hub records for files outside LFS."""
-    return _hash_file(path, hashlib.sha1(f"blob {path.stat().st_size}\0".encode()))
+def _git_blob_sha1(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
 def sha256_file(path: Path) -> str:
     return _hash_file(path, hashlib.sha256())
+
+
+def _is_hash(value) -> bool:
+    """A sha256 (64 hex) or a git object id (40 hex); a mirror's ETag or an empty oid is neither."""
+    return isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)
+
+
+def _file_matches(path: Path, want: str) -> tuple[bool, str]:
+    """(whether the file's bytes match the hub's hash, their sha256).
+
+    A 40-hex record is a git object id: of the file itself outside LFS, or of the LFS pointer that
+    names the file's sha256 and size (what a listing without `lfs` fields still carries for a weight file).
+    """
+    if len(want) == 64:
+        got = sha256_file(path)
+        return got == want, got
+    size = path.stat().st_size
+    sha1 = hashlib.sha1(b"blob %d\0" % size)
+    got = _hash_file(path, hashlib.sha256(), sha1)
+    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{got}\nsize {size}\n".encode()
+    return want in (sha1.hexdigest(), _git_blob_sha1(pointer)), got
 
 
 def select_files(repo_id: str, names: list[str]) -> list[str]:
@@ -160,14 +188,14 @@ def _discard(path: Path) -> None:
 
 
 def verify_files(repo_id: str, folder: Path, expected: dict[str, str]) -> None:
-    """Each file hashes to the hub's record: sha256 for LFS files (64 hex), git blob sha1 otherwise."""
+    """Each file hashes to the hub's record: sha256 for LFS files (64 hex), a git object id otherwise."""
     for name, want in sorted(expected.items()):
         path = folder / name
         if not path.is_file():
             raise ChecksumError(f"{repo_id}: {name} is missing from {folder}: run "
                                 f"`siglip download-weights {repo_id}` again")
-        got = sha256_file(path) if len(want) == 64 else _git_blob_sha1(path)
-        if got != want:
+        ok, got = _file_matches(path, want)
+        if not ok:
             _discard(path)
             raise ChecksumError(f"{repo_id}: {name} is corrupt (sha256 {got[:12]}..., the hub says {want[:12]}...); "
                                 f"the bad file was removed: run `siglip download-weights {repo_id}` again")
@@ -190,7 +218,7 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
 
     if offline_mode():
         try:  # nothing to download: report (and re-check) the copy already here
-            return verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir)
+            return verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir, require_hashes=False)
         except ModelNotFoundError:
             raise HubUnreachableError(f"model {repo_id} is not in the cache and HF_HUB_OFFLINE=1 forbids "
                                       f"downloading: unset it and run `{download_command(repo_id, revision)}`") \
@@ -210,18 +238,38 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
         full = _is_full_checkpoint(config_path.parent)
         if full and note is not None:
             weights = sum(siblings[f].size or 0 for f in files if f.endswith(".safetensors"))
-            note(f"{repo_id} is a full SigLIP checkpoint: its weights ({human_size(weights)}) also hold the text "
+            size = f" ({human_size(weights)})" if weights else ""  # a mirror may send no sizes
+            note(f"{repo_id} is a full SigLIP checkpoint: its weights{size} also hold the text "
                  "tower, which the hub cannot serve separately; siglip never loads it")
         with rich_progress(progress) as bar_class:
             folder = Path(snapshot_download(repo_id, revision=resolved, cache_dir=cache_dir, local_dir=local_dir,
                                             allow_patterns=files, tqdm_class=bar_class))
+    # The model info's hashes first; a mirror may leave them out, so then what huggingface_hub recorded.
+    recorded = _recorded_hashes(folder, files, local_dir)
     expected = {}
     for name in files:
         s = siblings[name]
-        expected[name] = s.lfs.sha256 if s.lfs is not None else s.blob_id
-    verify_files(repo_id, folder, {k: v for k, v in expected.items() if v})
+        sent = s.lfs.sha256 if s.lfs is not None else s.blob_id
+        if want := sent if _is_hash(sent) else recorded.get(name):
+            expected[name] = want
+    verify_files(repo_id, folder, expected)
     check_checkpoint(folder)
-    return Downloaded(repo_id, commit, folder, {f: (folder / f).stat().st_size for f in files}, full)
+    unverified = tuple(f for f in files if f not in expected)
+    if unverified:
+        from huggingface_hub import constants
+
+        _warn_unverified(repo_id, unverified, f"the hub at {constants.ENDPOINT} sent no hash for {{them}} (no "
+                         "files metadata, tree hash or hash ETag)")
+    return Downloaded(repo_id, commit, folder, {f: (folder / f).stat().st_size for f in files}, full,
+                      tuple(sorted(expected)), unverified)
+
+
+def _warn_unverified(repo_id: str, names: tuple[str, ...], reason: str) -> None:
+    """One warning naming the files no hash was compared for; `reason` ends with "for {them}"."""
+    reason = reason.format(them="it" if len(names) == 1 else "them")
+    warnings.warn(f"{repo_id}: {', '.join(names)} NOT verified (a corrupted download would go unnoticed): "
+                  f"{reason}; compare the sha256 with the model's page, or download from a hub that sends hashes",
+                  SiglipWarning, stacklevel=3)
 
 
 def _cached_folder(repo_id: str, revision: str | None, cache_dir: Path | None, local_dir: Path | None) -> Path:
@@ -248,37 +296,65 @@ def _download_metadata(local_dir: Path, name: str) -> tuple[str, str]:
     return (lines[0] if lines else "unknown"), (lines[1] if len(lines) > 1 else "")
 
 
-def _recorded_hashes(folder: Path, names: list[str], local_dir: Path | None) -> dict[str, str]:
-    """The hub's hashes as recorded at download time, read without the network.
+def _tree_hashes(path: Path) -> dict[str, str]:
+    """name -> hash from the tree listing huggingface_hub caches per commit ({} when absent or unknown)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        files = data["files"] if data.get("format_version") == 1 else {}
+        hashes = {name: info.get("lfs_sha256") or info.get("blob_id") for name, info in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {name: h for name, h in hashes.items() if _is_hash(h)}
 
-    In the cache, a file's blob is named by the ETag the hub sent (an LFS file's sha256); in a
-    --local-dir, huggingface_hub keeps it in .cache/huggingface/download/<name>.metadata.
+
+def _recorded_hashes(folder: Path, names: list[str], local_dir: Path | None) -> dict[str, str]:
+    """The hub's hashes as huggingface_hub recorded them at download time, read without the network.
+
+    First the tree listing it keeps per commit (trees/<commit>.json in the repo's cache folder, or in a
+    --local-dir's .cache/huggingface/): the hub's lfs sha256 or git object id. Else the ETag the hub sent:
+    in the cache a file's blob is named by it (an LFS file's sha256); in a --local-dir it is kept in
+    .cache/huggingface/download/<name>.metadata. A mirror's ETag that is not a hash does not count.
     """
-    out = {}
+    out, trees = {}, {}
     for name in names:
-        etag = _download_metadata(local_dir, name)[1] if local_dir is not None else (folder / name).resolve().name
-        if len(etag) in (40, 64) and all(c in "0123456789abcdef" for c in etag):
-            out[name] = etag
+        if local_dir is not None:
+            commit, etag = _download_metadata(local_dir, name)
+            base = Path(local_dir) / ".cache" / "huggingface"
+        else:
+            commit, etag = folder.name, (folder / name).resolve().name
+            base = folder.parent.parent  # models--org--name/, above snapshots/<commit>
+        if commit not in trees:
+            trees[commit] = _tree_hashes(base / "trees" / f"{commit}.json")
+        found = [h for h in (trees[commit].get(name), etag) if _is_hash(h)]
+        if found:
+            out[name] = found[0]
     return out
 
 
 def verify_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path | None = None,
-                   local_dir: Path | None = None) -> Downloaded:
-    """--verify: re-hash a downloaded model against the hub's recorded hashes and re-check its headers."""
+                   local_dir: Path | None = None, require_hashes: bool = True) -> Downloaded:
+    """--verify: re-hash a downloaded model against the hub's recorded hashes and re-check its headers.
+
+    A file with no recorded hash is a ChecksumError; with require_hashes=False (a plain download-weights
+    offline) it is checked for nothing but its headers, and named in a warning and in `unverified`.
+    """
     folder = _cached_folder(repo_id, revision, cache_dir, local_dir)
     names = sorted(str(p.relative_to(folder)) for p in folder.iterdir() if p.is_file())
-    select_files(repo_id, names)
-    hashes = _recorded_hashes(folder, [n for n in names if n.endswith(".safetensors")], local_dir)
-    weights = [n for n in names if n.endswith(".safetensors")]
-    unrecorded = sorted(set(weights) - set(hashes))
-    if unrecorded:
-        raise ChecksumError(f"{repo_id}: no recorded hash for {', '.join(unrecorded)}: run "
-                            f"`{download_command(repo_id, revision)}` again")
+    files = select_files(repo_id, names)
+    hashes = _recorded_hashes(folder, files, local_dir)
+    unrecorded = tuple(f for f in files if f not in hashes)
+    if unrecorded and require_hashes:
+        them = "it" if len(unrecorded) == 1 else "them"
+        raise ChecksumError(f"{repo_id}: {', '.join(unrecorded)} NOT verified: no hash was recorded for {them} "
+                            f"when downloaded: run `{download_command(repo_id, revision)}` against a hub that "
+                            "sends hashes, then verify again")
     verify_files(repo_id, folder, hashes)
     check_checkpoint(folder)
-    commit = folder.name if local_dir is None else _download_metadata(local_dir, names[0])[0]
+    if unrecorded:
+        _warn_unverified(repo_id, unrecorded, "no hash was recorded for {them} when downloaded")
+    commit = folder.name if local_dir is None else _download_metadata(local_dir, files[0])[0]
     return Downloaded(repo_id, commit, folder, {n: (folder / n).stat().st_size for n in names},
-                      _is_full_checkpoint(folder))
+                      _is_full_checkpoint(folder), tuple(sorted(hashes)), unrecorded)
 
 
 def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, progress: bool = True,

@@ -11,6 +11,8 @@ Files are served directly (no redirect to a CDN) and never with X-Xet-* headers,
 always uses plain HTTP. Errors carry the `X-Error-Code` header huggingface_hub maps to its exceptions
 (RepoNotFound, RevisionNotFound, EntryNotFound, GatedRepo), on HEAD as well as GET. As on the real hub, a
 gated repo's info and file listing are public; only its files (/resolve) need `Authorization: Bearer <token>`.
+`strip_hashes` makes a repo answer like a mirror that does not pass the hub's hashes on (no files metadata
+in the model info, no hashes in the tree listing, ETags that are not hashes).
 
     with FakeHub() as hub:
         sha = hub.add_repo("org/model", {"config.json": b"{}", "model.safetensors": weights})
@@ -76,6 +78,7 @@ class FakeHub:
         self._repos: dict[str, dict] = {}  # repo_id -> {"gated": bool, "refs": {name: sha}, "commits": {sha: files}}
         self._cuts: dict[tuple[str, str], list[int]] = {}  # (repo, file) -> [after_bytes, times left]
         self._corrupt: set[tuple[str, str]] = set()
+        self._stripped: dict[str, set[str]] = {}  # repo_id -> the places that no longer carry hashes
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
 
@@ -138,6 +141,21 @@ class FakeHub:
         with self._lock:
             self._corrupt.add((repo_id, filename))
 
+    def strip_hashes(self, repo_id: str, *, info: bool = True, tree: bool = False, etag: bool = False) -> None:
+        """From now on answer for that repo like a mirror or proxy that does not pass the hub's hashes on.
+
+        info: model info without files metadata (siblings carry only rfilename, even for ?blobs=true).
+        tree: tree listings without `lfs`, and with an empty `oid` (huggingface_hub requires the key).
+        etag: /resolve sends an ETag that is not a hash (`"mirror-<16 hex>"`, unique per content) and no
+        X-Linked-Etag, so huggingface_hub names the cached blob after something that cannot be checked.
+        """
+        with self._lock:
+            self._stripped[repo_id] = {name for name, on in (("info", info), ("tree", tree), ("etag", etag)) if on}
+
+    def _stripped_of(self, repo_id: str, what: str) -> bool:
+        with self._lock:
+            return what in self._stripped.get(repo_id, ())
+
     # ------------------------------------------------------------------ lookups (raise _HubError)
     def _resolve(self, repo_id: str, revision: str, headers=None, gated_check: bool = False) -> tuple[str, dict]:
         repo = self._repos.get(repo_id)
@@ -161,7 +179,7 @@ class FakeHub:
         siblings = []
         for f in sorted(files.values(), key=lambda f: f.path):
             s: dict = {"rfilename": f.path}
-            if blobs:
+            if blobs and not self._stripped_of(repo_id, "info"):
                 s.update(size=len(f.data), blobId=f.blob_id)
                 if f.lfs:
                     s["lfs"] = {"sha256": f.sha256, "size": len(f.data), "pointerSize": f.pointer_size}
@@ -189,7 +207,9 @@ class FakeHub:
                     break
             if recursive or len(parts) == 1:
                 entry = {"type": "file", "oid": f.blob_id, "size": len(f.data), "path": f.path}
-                if f.lfs:
+                if self._stripped_of(repo_id, "tree"):
+                    entry["oid"] = ""
+                elif f.lfs:
                     entry["lfs"] = {"oid": f.sha256, "size": len(f.data), "pointerSize": f.pointer_size}
                 entries[f.path] = entry
         return [entries[k] for k in sorted(entries)]
@@ -258,9 +278,11 @@ def _make_handler(hub: FakeHub):
             if f is None:
                 raise _HubError(404, "EntryNotFound", f"{filename} does not exist on {revision!r}", commit=sha)
             data, size = f.data, len(f.data)
-            headers = {"X-Repo-Commit": sha, "ETag": f'"{f.etag}"', "Accept-Ranges": "bytes",
+            opaque = hub._stripped_of(repo_id, "etag")
+            etag = f"mirror-{f.sha256[:16]}" if opaque else f.etag
+            headers = {"X-Repo-Commit": sha, "ETag": f'"{etag}"', "Accept-Ranges": "bytes",
                        "Content-Type": "application/octet-stream"}
-            if f.lfs:
+            if f.lfs and not opaque:
                 headers.update({"X-Linked-Etag": f'"{f.sha256}"', "X-Linked-Size": str(size)})
             start, end, status = 0, size - 1, 200
             m = re.fullmatch(r"bytes=(\d+)-(\d*)", self.headers.get("Range") or "")

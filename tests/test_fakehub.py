@@ -210,3 +210,31 @@ def test_raw_http_headers_and_ranges(hub, repo):
         for method in ("HEAD", "GET"):
             got, headers, _ = fetch(path, method)
             assert (got, headers["X-Error-Code"]) == (status, code), (method, path)
+
+
+def test_strip_hashes_answers_like_a_mirror(hub, repo, tmp_path):
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+
+    api = HfApi(endpoint=hub.url)
+    sha256 = hashlib.sha256(WEIGHTS).hexdigest()
+
+    def etag(name):
+        return get_hf_file_metadata(hf_hub_url(REPO, name, endpoint=hub.url), token=False).etag
+
+    hub.strip_hashes(REPO)  # the model info only
+    siblings = api.model_info(REPO, files_metadata=True, token=False).siblings
+    assert sorted(s.rfilename for s in siblings) == ["README.md", "config.json", "model.safetensors"]
+    assert all(s.lfs is None and s.blob_id is None and s.size is None for s in siblings)
+    tree = {e.path: e for e in api.list_repo_tree(REPO, token=False)}
+    assert tree["model.safetensors"].lfs.sha256 == sha256 and etag("model.safetensors") == sha256
+
+    hub.strip_hashes(REPO, info=False, tree=True, etag=True)
+    siblings = {s.rfilename: s for s in api.model_info(REPO, files_metadata=True, token=False).siblings}
+    assert siblings["model.safetensors"].lfs.sha256 == sha256
+    tree = {e.path: e for e in api.list_repo_tree(REPO, token=False)}
+    assert all(e.lfs is None and e.blob_id == "" for e in tree.values())
+    assert tree["model.safetensors"].size == len(WEIGHTS)
+    tags = {name: etag(name) for name in ("config.json", "model.safetensors")}
+    assert all(t.startswith("mirror-") and len(t) == 23 for t in tags.values()) and len(set(tags.values())) == 2
+    path = Path(_download(hub, tmp_path, "model.safetensors"))
+    assert path.read_bytes() == WEIGHTS and path.resolve().name == tags["model.safetensors"]

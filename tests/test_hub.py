@@ -8,17 +8,22 @@ import errno
 import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conftest import PATCH14, PHOTOS, TINY, build_checkpoint, run_cli, run_on_terminal
-from fakehub import FakeHub
+from fakehub import FakeHub, _File, git_blob_sha1
 
 JUNK = {"tokenizer.json": b"{}", "spiece.model": b"x" * 100, "pytorch_model.bin": b"pickle" * 100,
         "tf_model.h5": b"h5" * 100, "flax_model.msgpack": b"m" * 100, "onnx/model.onnx": b"o" * 100,
         "README.md": b"# model card"}
+# Mirrors that leave the hub's hashes out of the model info; what else they strip (FakeHub.strip_hashes).
+MIRRORS = {"info": {}, "info-tree": {"tree": True}, "info-etag": {"etag": True}}
+TINY_FILES = "config.json, model.safetensors, preprocessor_config.json"
 
 
 def checkpoint_files(path: Path) -> dict[str, bytes]:
@@ -45,6 +50,13 @@ def hub(tmp_path_factory):
         h.add_repo("acme/naflex", {**tiny, "config.json": json.dumps({"model_type": "siglip2"}).encode()})
         h.add_repo("acme/cut", tiny)
         h.add_repo("acme/corrupt", tiny)
+        for kind, stripped in MIRRORS.items():
+            for repo in (f"acme/mirror-{kind}", f"acme/mirror-{kind}-corrupt"):
+                h.add_repo(repo, tiny)
+                h.strip_hashes(repo, **stripped)
+            h.corrupt_file(f"acme/mirror-{kind}-corrupt", "model.safetensors")
+        h.add_repo("acme/bare-mirror", tiny)
+        h.strip_hashes("acme/bare-mirror", tree=True, etag=True)
         yield h
 
 
@@ -322,3 +334,96 @@ def test_other_http_answers_are_named(status, message):
         with hub_errors("acme/x", None):
             raise HfHubHTTPError("Server error", response=response)
     assert str(e.value).startswith(message)
+
+
+@pytest.mark.parametrize("kind", list(MIRRORS))
+def test_a_mirror_without_files_metadata_still_verifies_through_what_huggingface_hub_recorded(hub, tmp_path, kind):
+    """No hashes in the model info: the tree listing huggingface_hub caches per commit, or the ETag it names
+    the blob after (info-tree: the only record left), still catches a corrupted body of the right size."""
+    env, offline = hub_env(hub, tmp_path), hub_env(hub, tmp_path, HF_HUB_OFFLINE="1")
+    repo = f"acme/mirror-{kind}"
+    err = _fails(["download-weights", f"{repo}-corrupt"], env, 2,
+                 f"{repo}-corrupt: model.safetensors is corrupt (sha256")
+    assert "the bad file was removed" in err
+    assert not list((tmp_path / "cache" / f"models--acme--mirror-{kind}-corrupt").rglob("model.safetensors"))
+    local = tmp_path / "local"
+    for where in ([], ["--local-dir", str(local)]):
+        proc = run_cli("download-weights", repo, *where, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert "NOT verified" not in proc.stderr and "Warning" not in proc.stderr
+        proc = run_cli("download-weights", repo, *where, "--verify", env=offline)
+        assert proc.returncode == 0, proc.stderr
+
+
+def test_a_mirror_with_no_hash_anywhere_says_not_verified_and_verify_refuses(hub, tmp_path):
+    env, offline = hub_env(hub, tmp_path), hub_env(hub, tmp_path, HF_HUB_OFFLINE="1")
+    local = tmp_path / "local"
+    for where in ([], ["--local-dir", str(local)]):
+        for run_env, reason in ((env, f"the hub at {hub.url} sent no hash for them (no files metadata"),
+                                (offline, "no hash was recorded for them when downloaded")):
+            proc = run_cli("download-weights", "acme/bare-mirror", *where, env=run_env)
+            assert proc.returncode == 0, proc.stderr  # the files are kept: nothing says they are bad
+            warnings = [line for line in proc.stderr.splitlines() if "verified" in line]
+            assert len(warnings) == 1, proc.stderr
+            assert warnings[0].startswith(f"Warning: acme/bare-mirror: {TINY_FILES} NOT verified"), proc.stderr
+            assert reason in warnings[0]
+        err = _fails(["download-weights", "acme/bare-mirror", *where, "--verify"], offline, 2,
+                     f"acme/bare-mirror: {TINY_FILES} NOT verified: no hash was recorded for them when downloaded")
+        assert "`siglip download-weights acme/bare-mirror` against a hub that sends hashes" in err
+
+
+def test_embed_says_when_its_automatic_download_could_not_be_verified(hub, tmp_path):
+    out = tmp_path / "x.npy"
+    proc = run_cli("embed", str(PHOTOS[0]), "--model", "acme/bare-mirror", "-o", str(out), env=hub_env(hub, tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert f"Warning: acme/bare-mirror: {TINY_FILES} NOT verified" in proc.stderr
+    assert np.load(out).shape == (16, 32)
+
+
+def test_download_weights_names_the_files_it_verified_and_those_it_could_not(hub, tmp_path):
+    script = ("import json, sys, warnings\n"
+              "from siglip_cli.hub import download_weights\n"
+              "with warnings.catch_warnings(record=True) as caught:\n"
+              "    warnings.simplefilter('always')\n"
+              "    done = download_weights(sys.argv[1], progress=False)\n"
+              "print(json.dumps([done.verified, done.unverified, [str(w.message) for w in caught]]))")
+
+    def download(repo):
+        proc = subprocess.run([sys.executable, "-c", script, repo], capture_output=True, text=True,
+                              env={**os.environ, **hub_env(hub, tmp_path)}, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    everything = TINY_FILES.split(", ")
+    assert download("acme/siglip-tiny") == [everything, [], []]
+    assert download("acme/mirror-info-tree") == [everything, [], []]  # the ETags: sha256 and git blob ids
+    verified, unverified, warned = download("acme/bare-mirror")
+    assert (verified, unverified, len(warned)) == ([], everything, 1)
+    assert warned[0].startswith(f"acme/bare-mirror: {TINY_FILES} NOT verified")
+
+
+def test_a_git_object_id_verifies_the_file_or_the_lfs_pointer_that_names_it(tmp_path):
+    """A listing without `lfs` fields still carries each file's git object id: for a weight file, that of its LFS
+    pointer (which names the sha256 and size). Both kinds verify; a wrong one is corruption."""
+    from siglip_cli.hub import ChecksumError, verify_files
+
+    data = os.urandom(5000)
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(data)
+    pointer = _File("model.safetensors", data)  # what the hub records for this file in LFS
+    for want in (pointer.sha256, pointer.blob_id, git_blob_sha1(data)):
+        verify_files("acme/x", tmp_path, {"model.safetensors": want})
+    with pytest.raises(ChecksumError, match="acme/x: model.safetensors is corrupt"):
+        verify_files("acme/x", tmp_path, {"model.safetensors": git_blob_sha1(data[:-1] + bytes([data[-1] ^ 1]))})
+    assert not path.exists()
+
+
+def test_the_summary_says_whether_the_files_were_verified(hub, tmp_path):
+    """Needs cli.py's download-weights to print the `checksum:` line from Downloaded.verified / unverified."""
+    env = hub_env(hub, tmp_path)
+    for args, line in ((["acme/siglip-tiny"], "checksum: verified (3 files)"),
+                       (["acme/siglip-tiny", "--verify"], "checksum: verified (3 files)"),
+                       (["acme/bare-mirror"], f"checksum: NOT verified: {TINY_FILES} (no hash from the hub)")):
+        proc = run_cli("download-weights", *args, env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert line in proc.stdout.splitlines(), proc.stdout
