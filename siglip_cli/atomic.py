@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import stat
 import tempfile
 import time
@@ -26,8 +27,7 @@ except ImportError:  # pragma: no cover - not POSIX: no locks, so no temp is eve
     fcntl = None
 
 TMP_SUFFIX = ".siglip-tmp"
-# A temp its writer has created but not yet locked (microseconds) must not look abandoned: only temps
-# older than this are candidates, and then only if their lock can be taken.
+# A `.siglip-new` temp (created, not yet locked: an instant) is only removed when older than this.
 STALE_AFTER_S = 60.0
 # mkstemp creates files readable by their owner only; outputs get the usual permissions (0666 - umask).
 _UMASK = os.umask(0)
@@ -53,35 +53,55 @@ def _temp_prefix(path: Path) -> str:
     return f".{os.fsdecode(os.fsencode(path.name)[:100])}."
 
 
+_NEW = ".siglip-new"  # a temp not yet locked: renamed to TMP_SUFFIX once it is
+_TEMP = re.compile(r"^\..*\.[a-z0-9_]{8}(%s|%s)$" % (re.escape(TMP_SUFFIX), re.escape(_NEW)), re.DOTALL)
+
+
 def temp_file(path: Path):
-    """A new temporary file beside `path` (same folder, so the final rename is atomic), locked."""
+    """A new temporary file beside `path` (same folder, so the final rename is atomic), locked.
+
+    It is created as `.name.XXXXXXXX.siglip-new`, locked, then renamed to `.siglip-tmp`: so every
+    `.siglip-tmp` is locked from the moment it exists, and one that can be locked is abandoned.
+    """
     clean_abandoned_temps(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=TMP_SUFFIX, dir=path.parent)
+        fd, new = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=_NEW, dir=path.parent)
     except OSError as e:
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
-    _lock(fd)
-    os.fchmod(fd, 0o666 & ~_UMASK)
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}", e.errno) from None
+    tmp = new[:-len(_NEW)] + TMP_SUFFIX
+    try:
+        if _lock(fd):
+            os.rename(new, tmp)
+        else:  # no locks here: nothing will ever be proved abandoned, so the name does not matter
+            tmp = new
+        os.fchmod(fd, 0o666 & ~_UMASK)
+    except OSError as e:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(new)
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}", e.errno) from None
     return os.fdopen(fd, "wb+"), Path(tmp)
 
 
 def clean_abandoned_temps(folder: Path) -> None:
     """Remove the temps of killed earlier runs in `folder`, once per folder and process.
 
-    A temp is removed only when its lock can be taken (its writer is gone) and it is older than
-    STALE_AFTER_S; a live writer's temp, here or in another process, is left alone.
+    A `.siglip-tmp` is removed only when its lock can be taken: its writer is gone. A `.siglip-new`
+    (its writer died in the instant between creating and locking it) only when also a minute old.
+    Another live writer's temp, here or in another process, is never touched.
     """
     key = os.path.abspath(folder)
     if key in _cleaned or fcntl is None:
         return
     _cleaned.add(key)
     try:
-        entries = [e for e in os.scandir(folder) if e.name.startswith(".") and e.name.endswith(TMP_SUFFIX)]
+        entries = [e for e in os.scandir(folder) if _TEMP.match(e.name)]
     except OSError:
         return
     for entry in entries:
         with contextlib.suppress(OSError):
-            if not entry.is_file(follow_symlinks=False) or time.time() - entry.stat().st_mtime < STALE_AFTER_S:
+            if not entry.is_file(follow_symlinks=False) or (
+                    entry.name.endswith(_NEW) and time.time() - entry.stat().st_mtime < STALE_AFTER_S):
                 continue
             fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW)
             try:
@@ -115,6 +135,9 @@ def special_kind(mode: int) -> str | None:
     return None
 
 
+_STD_STREAM = re.compile(r"^/dev/(stdout|stderr)$|^/(dev|proc/self|proc/\d+)/fd/\d+$")
+
+
 def destination(path: Path, through: bool = False) -> tuple[Path, bool]:
     """Where writing `path` really writes, and whether it is written through rather than replaced.
 
@@ -122,13 +145,15 @@ def destination(path: Path, through: bool = False) -> tuple[Path, bool]:
     (/dev/null, /dev/stdout) or a socket is never replaced by a regular file: with through=True (a
     report) it is written to as any Unix tool would; otherwise (an embeddings file) it is refused.
     """
+    if through and _STD_STREAM.match(str(path)):
+        return Path(path), True  # /dev/stdout is whatever stdout is now: a pipe, a terminal, a log opened >>
     real = Path(os.path.realpath(path))
     try:
         mode = os.stat(real).st_mode
     except (FileNotFoundError, NotADirectoryError):
         return real, False
     except OSError as e:  # a name too long, a loop of symlinks ...
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}", e.errno) from None
     if stat.S_ISDIR(mode):
         raise UsageError(f"output {str(path)!r} is a directory: give a file name")
     kind = special_kind(mode)
@@ -167,18 +192,18 @@ def atomic_write_bytes(path: Path, data: bytes, through: bool = False) -> None:
     """Write a whole file atomically (or, with through=True, into a FIFO or device found at `path`)."""
     real, special = destination(path, through)
     try:
-        if special:
-            with open(real, "wb") as f:
+        if special:  # appended, never truncated: a log that stdout was opened on (>>) keeps its lines
+            with open(os.open(real, os.O_WRONLY | os.O_APPEND), "wb") as f:
                 f.write(data)
             return
         f, tmp = temp_file(real)
     except OSError as e:
-        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+        raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}", e.errno) from None
     try:
         f.write(data)
         commit(f, tmp, real)
     except BaseException as e:
         discard(f, tmp)
         if isinstance(e, OSError):
-            raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write {str(path)!r}: {e.strerror or e}", e.errno) from None
         raise

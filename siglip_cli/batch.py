@@ -9,6 +9,8 @@ The CLI is a thin shell over `embed_to`; notebooks can call it, or `Embedder.emb
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import stat
@@ -23,8 +25,8 @@ from .console import unicode_text
 from .embed import Embedder, Result
 from .errors import ImageError, OutputError, OutputGoneError, UsageError
 from .inputs import Input, collect
-from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_writable,
-                      output_format, output_path_for, write_embeddings)
+from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_output_file, check_writable,
+                      destination, output_path_for, write_embeddings)
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -80,17 +82,21 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
     if folder:
         check_folder_writable(out)
     else:
-        output_format(out)
-        check_writable(out)
+        check_output_file(out)
     if report is not None:
         check_report(Path(report), out, folder, items, fmt)
     run = _Run(embedder, items, out, folder, fmt, np.dtype(out_dtype), overwrite, fail_fast, on_outcome,
                stack if stack is not None else len(items) != 1)
     try:
-        return run.go(batch_size, workers)
-    finally:
+        summary = run.go(batch_size, workers)
+    except BaseException:
         if report is not None:
-            write_report(Path(report), run.records)
+            with contextlib.suppress(OutputError):  # the run's own error is the one to show
+                write_report(Path(report), run.records())
+        raise
+    if report is not None:
+        write_report(Path(report), run.records())
+    return summary
 
 
 def write_report(path: Path, records: list[str]) -> None:
@@ -98,19 +104,27 @@ def write_report(path: Path, records: list[str]) -> None:
     atomic_write_bytes(path, "".join(line + "\n" for line in records).encode(), through=True)
 
 
-def check_report(report: Path, out: Path, folder: bool, items: list[Input], fmt: str = ".npy") -> None:
-    """--report must never overwrite an input, the output, its sidecar or a folder-mode output:
-    refused before any work."""
+def check_report(report: Path, out: Path, folder: bool, items: list[Input], fmt: str = ".npy",
+                 protected: Iterable[str | Path] = ()) -> None:
+    """--report must never overwrite an input, the output, its sidecar, a folder-mode output or a
+    folder one needs, or another file of the run (`protected`, e.g. the --files-from list): refused
+    before any work."""
     check_writable(report, through=True)
     real = os.path.realpath(report)
     if folder:
         inside = os.path.relpath(real, os.path.realpath(out))
-        clash = not inside.startswith("..") and inside in {
-            output_path_for(Path("."), i.rel, fmt).as_posix() for i in items}
+        taken = set()
+        if inside != ".." and not inside.startswith("../"):
+            for item in items:
+                target = output_path_for(Path("."), item.rel, fmt)
+                taken.add(target.as_posix())
+                taken.update(p.as_posix() for p in target.parents)
+        clash = inside in taken
     else:
-        clash = real in (os.path.realpath(out), os.path.realpath(f"{out}.json"))
+        real_out = destination(out)[0]
+        clash = real in (str(real_out), f"{real_out}.json")
     if not clash and os.path.isfile(report):
-        clash = any(_same(report, item.path) for item in items)
+        clash = any(_same(report, p) for p in [*protected, *(item.path for item in items)])
     if clash:
         raise UsageError(f"--report {str(report)!r} would overwrite an input or an output of this run: give the "
                          "report another name")
@@ -129,7 +143,7 @@ class _Run:
         self.fmt, self.dtype, self.overwrite, self.fail_fast = fmt, dtype, overwrite, fail_fast
         self.on_outcome = on_outcome
         self.summary = Summary(dtype=dtype.name)
-        self.records: list[str] = []
+        self.outcomes: list[Outcome] = []
         self.metadata = {**embedder.metadata(), "dtype": dtype.name}
         self.items = self._no_collisions(items) if folder else items
         self.single = not folder and not stack
@@ -172,14 +186,21 @@ class _Run:
             raise ImageError(str(item.path), item.error)
         if not self.folder or self.overwrite:
             return False
-        return _existing_output(self.target(item), str(item.path))
+        try:
+            return _existing_output(self.target(item))
+        except OutputError as e:
+            raise ImageError(str(item.path), str(e)) from None
 
     def record(self, outcome: Outcome) -> None:
         setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)
-        self.records.append(json.dumps({k: unicode_text(v) if isinstance(v, str) else v
-                                        for k, v in asdict(outcome).items()}))
+        self.outcomes.append(outcome)
         if self.on_outcome is not None:
             self.on_outcome(outcome)
+
+    def records(self) -> list[str]:
+        """The report's JSON lines (paths as valid Unicode: undecodable bytes as \\xNN)."""
+        return [json.dumps({k: unicode_text(v) if isinstance(v, str) else v for k, v in asdict(o).items()})
+                for o in self.outcomes]
 
     def write(self, item: Input, row: np.ndarray) -> str:
         row = row.astype(self.dtype, copy=False)
@@ -194,7 +215,7 @@ class _Run:
                 raise OutputError(f"cannot create {target.parent}: {e.strerror or e}") from None
             check_inside(self.out, target)
             if self.overwrite:
-                _existing_output(target, str(item.path))  # a symlink or folder there is never replaced
+                _existing_output(target)  # a symlink or folder there is never replaced
             write_embeddings(target, row, {**self.metadata, "source": source})
             return str(target)
         if self.single:
@@ -211,9 +232,14 @@ class _Run:
                 self.summary.outputs = self.stacked.finish()
                 if self.summary.shape:
                     self.summary.shape = [self.stacked.count, *self.summary.shape]
-        except BaseException:
+        except BaseException as e:
             if self.stacked is not None:
                 self.stacked.abort()
+                # Rows that were waiting for the stacked file were never written: the report says so.
+                why = str(e) if isinstance(e, OutputError) else "the run was interrupted"
+                for o in self.outcomes:
+                    if o.status == "embedded":
+                        o.status, o.reason, o.output = "failed", f"not written: {why}", None
             raise
         return self.summary
 
@@ -229,22 +255,27 @@ class _Run:
             try:
                 output = self.write(item, r.embedding)
             except OutputError as e:
-                if self.fail_fast or not self.folder or isinstance(e, OutputGoneError):
+                # A full disk, a quota, a size limit or a read-only file system fails every write that
+                # follows too: stop, rather than compute every embedding only to throw it away.
+                if self.fail_fast or not self.folder or isinstance(e, OutputGoneError) or e.errno in _DEVICE_FULL:
                     raise
                 self.record(Outcome(str(item.path), "failed", reason=str(e)))
                 return
             self.record(Outcome(str(item.path), "embedded", output=output))
 
 
-def _existing_output(target: Path, source: str) -> bool:
-    """True when `target` is a finished output file; an error when something else stands there."""
+_DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def _existing_output(target: Path) -> bool:
+    """True when `target` is a finished output file; an OutputError when something else stands there."""
     try:
         mode = os.lstat(target).st_mode
     except FileNotFoundError:
         return False
     except OSError as e:
-        raise ImageError(source, f"cannot use output {target}: {e.strerror or e}") from None
+        raise OutputError(f"cannot use output {target}: {e.strerror or e}") from None
     if stat.S_ISREG(mode):
         return True
     what = "a folder" if stat.S_ISDIR(mode) else "a symlink" if stat.S_ISLNK(mode) else special_kind(mode)
-    raise ImageError(source, f"its output {target} is {what}, which siglip never replaces: move it away")
+    raise OutputError(f"its output {target} is {what}, which siglip never replaces: move it away")

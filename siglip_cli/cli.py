@@ -5,6 +5,7 @@ torch and friends are imported inside command bodies, so `siglip --help` stays f
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import Enum
 from pathlib import Path
@@ -251,21 +252,19 @@ def embed(
 
       siglip embed photo.jpg --random-init -o smoke.npy
     """
-    import signal
+    from .atomic import atomic_write_bytes, check_folder_writable, destination
 
-    from .atomic import atomic_write_bytes, check_folder_writable
-
-    # A scheduler's SIGTERM (Slurm, Kubernetes) unwinds like Ctrl-C, from here on (imports and model
-    # loading included): temp files go, the report is written.
-    signal.signal(signal.SIGTERM, _terminate)
-    report_due = False  # True while an interruption must still write the (empty) report itself
+    # SIGTERM unwinds like Ctrl-C from the moment the command starts (main installs the handler):
+    # temp files go, and the report is written, empty if no input was reached yet. Before the report
+    # is checked against the inputs and outputs, that is only safe where nothing is there to lose.
+    report_due = report is not None and (not os.path.lexists(report) or destination(report, through=True)[1])
     try:
         from glob import has_magic as glob_has_magic
 
         from .batch import check_report, embed_to, is_folder_output
         from .inputs import collect, parse_shard, shard
         from .precision import check_precision
-        from .writers import check_writable, output_format, refuse_overwriting_inputs
+        from .writers import check_output_file, refuse_overwriting_inputs
 
         if not inputs and not files_from:
             raise UsageError("no inputs: give image files, folders or patterns, or --files-from LIST")
@@ -273,13 +272,12 @@ def embed(
         if folder:
             check_folder_writable(Path(output))
         else:
-            output_format(Path(output))
-            check_writable(Path(output))
+            check_output_file(Path(output))
         items = collect(inputs or [], files_from, glob, ext, hidden)
         if not folder:
             refuse_overwriting_inputs(Path(output), items)
         if report is not None:
-            check_report(report, Path(output), folder, items, "." + fmt.value)
+            check_report(report, Path(output), folder, items, "." + fmt.value, protected=[files_from or ""])
             report_due = True
         if not items:
             raise UsageError("no images found in the inputs (folders are searched for image files by suffix; see "
@@ -326,7 +324,8 @@ def embed(
                                report=report, on_outcome=on_outcome, stack=not single)
     except (KeyboardInterrupt, SystemExit):
         if report_due:  # interrupted while loading: no input was reached, and the report says so
-            atomic_write_bytes(report, b"", through=True)
+            with contextlib.suppress(SiglipError):
+                atomic_write_bytes(report, b"", through=True)
         raise
     if single and summary.failed:
         raise ImageError(failures[0].path, failures[0].reason)
@@ -341,10 +340,11 @@ def embed(
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM: unwind once (cleanup runs, the report is written); a second SIGTERM is ignored."""
+    """SIGTERM: unwind (cleanup runs, the report is written); a second SIGTERM ends the process at once
+    (e.g. while the report waits for a reader on a FIFO)."""
     import signal
 
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     raise SystemExit(143)
 
 
@@ -557,8 +557,12 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 def main() -> None:
     import warnings
 
+    import signal
+
     global _default_showwarning
     fill_standard_fds()  # before any file is opened: an output must never get fd 2
+    # A scheduler's SIGTERM (Slurm, Kubernetes) unwinds like Ctrl-C: temp files go, reports are written.
+    signal.signal(signal.SIGTERM, _terminate)
     _default_showwarning, warnings.showwarning = warnings.showwarning, _show_warning
     try:
         app(prog_name="siglip")

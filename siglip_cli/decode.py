@@ -24,6 +24,7 @@ from .errors import ImageError
 # warning without a path on stderr. (catch_warnings is not thread-safe; module filters are.)
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+warnings.filterwarnings("ignore", message="Image was not the expected size", category=UserWarning)  # ICO
 # Pillow's own decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS): ~179 MP, e.g. 16000 x 11000.
 DEFAULT_MAX_PIXELS = 178_956_970
 # JPEGs are decoded at 1/2, 1/4 or 1/8 scale (Pillow's draft mode) only while every side keeps at

@@ -54,9 +54,13 @@ class ImageError(SiglipError):
 
 
 class OutputError(SiglipError):
-    """An output that cannot be written."""
+    """An output that cannot be written; errno says why, when the OS said (ENOSPC: the disk is full)."""
 
     exit_code = EXIT_FAILED
+
+    def __init__(self, message: str, errno: int | None = None):
+        super().__init__(message)
+        self.errno = errno
 
 
 class OutputGoneError(OutputError):

@@ -19,7 +19,18 @@ from .atomic import atomic_write_bytes, check_writable, commit, destination, dis
 from .errors import OutputError, OutputGoneError, UsageError
 
 FORMATS = (".npy", ".safetensors")
+NAME_MAX = 255  # bytes in one file name, on every common file system
 TENSOR_NAME = "embeddings"
+
+
+def check_output_file(path: Path) -> None:
+    """Before any work: a `-o FILE` that can be written, with room in its name for the .npy sidecar."""
+    output_format(path)
+    check_writable(path)
+    real, _ = destination(path)
+    if output_format(path) == ".npy" and len(os.fsencode(_sidecar(real).name)) > NAME_MAX:
+        raise UsageError(f"output {str(path)!r}: the name is too long for its sidecar {real.name}.json (over "
+                         f"{NAME_MAX} bytes): choose a shorter name")
 
 
 def output_format(path: Path) -> str:
@@ -48,11 +59,19 @@ def write_embeddings(path: Path, array: np.ndarray, metadata: dict[str, object])
     buf = io.BytesIO()
     np.save(buf, array, allow_pickle=False)
     atomic_write_bytes(real, buf.getvalue())
-    # A sidecar left by an earlier stacked run describes another array: it goes (if this process dies
-    # first, its recorded hash no longer matches and read_embeddings refuses the pair).
-    with contextlib.suppress(FileNotFoundError):
-        _sidecar(real).unlink()
+    _drop_stale_sidecar(_sidecar(real))
     return [path]
+
+
+def _drop_stale_sidecar(sidecar: Path) -> None:
+    """A sidecar left by an earlier stacked run describes another array: it goes (if this process
+    dies first, its recorded hash no longer matches and read_embeddings refuses the pair). Only a
+    siglip sidecar is removed: a user's own file of that name is left alone."""
+    with contextlib.suppress(OSError, ValueError):
+        if sidecar.is_file() and sidecar.stat().st_size < (1 << 30):
+            meta = json.loads(sidecar.read_bytes())
+            if isinstance(meta, dict) and {"sources", "shape"} <= meta.keys():
+                sidecar.unlink()
 
 
 def _sidecar(path: Path) -> Path:
@@ -89,8 +108,12 @@ def read_embeddings(path: Path) -> tuple[np.ndarray, dict[str, object]]:
     sidecar = _sidecar(Path(os.path.realpath(path)))  # beside the array, also when `path` is a symlink
     if not sidecar.is_file():
         return array, {}
-    meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    recorded = meta.pop("data_sha256", None)
+    try:
+        meta = json.loads(sidecar.read_bytes())
+        recorded = meta.pop("data_sha256", None)
+    except (OSError, ValueError, AttributeError) as e:
+        raise OutputError(f"{sidecar}: not a readable siglip sidecar ({e}): delete it to read {path} alone") \
+            from None
     if meta.get("shape") != list(array.shape) or (
             recorded is not None and recorded != hashlib.sha256(np.ascontiguousarray(array).data).hexdigest()):
         raise OutputError(f"{sidecar} does not describe {path} (a write was interrupted between the two): "
@@ -173,7 +196,7 @@ class StackedWriter:
             self.sources.append(source)
         except OSError as e:
             self.abort()
-            raise OutputError(f"cannot write {str(self.shown)!r}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write {str(self.shown)!r}: {e.strerror or e}", e.errno) from None
 
     def finish(self) -> list[Path]:
         """Write the header for the rows added and put the file in place (plus the .npy sidecar)."""
@@ -203,13 +226,10 @@ class StackedWriter:
             self.abort()
             if side is not None:
                 discard(*side)
-            raise OutputError(f"cannot write {str(self.shown)!r}: {e.strerror or e}") from None
+            raise OutputError(f"cannot write {str(self.shown)!r}: {e.strerror or e}", e.errno) from None
 
     def abort(self) -> None:
         discard(self._f, self._tmp)
-
-
-NAME_MAX = 255  # bytes in one file name, on every common file system
 
 
 def output_path_for(out_dir: Path, rel, suffix: str) -> Path:

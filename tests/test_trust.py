@@ -141,8 +141,8 @@ def test_embeddings_output_is_never_replaced_by_a_regular_file_over_a_fifo_or_sy
     assert read_embeddings(tmp_path / "link.npy")[1]["sources"] == [str(p) for p in sorted(src.iterdir())]
 
 
-def _temp(folder: Path, name: str, age: float) -> Path:
-    tmp = folder / f".{name}.abcd1234{TMP_SUFFIX}"
+def _temp(folder: Path, name: str, age: float, suffix: str = TMP_SUFFIX) -> Path:
+    tmp = folder / f".{name}.abcd1234{suffix}"
     tmp.write_bytes(b"half")
     os.utime(tmp, (time.time() - age, time.time() - age))
     return tmp
@@ -155,14 +155,33 @@ def test_only_provably_abandoned_temps_are_removed(tmp_path):
     live = _temp(tmp_path, long + "-other.npy", age=3600)
     holder = os.open(live, os.O_RDWR)  # another run, still writing it: it holds the writer's lock
     fcntl.flock(holder, fcntl.LOCK_EX)
-    young = _temp(tmp_path, long + "-young.npy", age=0)  # created a moment ago, not yet locked
-    dead = _temp(tmp_path, long + "-dead.npy", age=3600)  # its run was killed: nobody holds it
+    dead = _temp(tmp_path, long + "-dead.npy", age=0)  # its run was killed a moment ago: nobody holds it
+    young = _temp(tmp_path, long + "-new.npy", age=0, suffix=".siglip-new")  # being created, not yet locked
+    old = _temp(tmp_path, long + "-old.npy", age=3600, suffix=".siglip-new")  # its writer died creating it
+    mine = tmp_path / ".precious.siglip-tmp"  # a user's file that merely ends like a temp
+    mine.write_bytes(b"mine")
     try:
         atomic_write_bytes(tmp_path / f"{long}.npy", b"data")
-        assert live.exists() and young.exists() and not dead.exists()
+        assert live.exists() and young.exists() and mine.exists()
+        assert not dead.exists() and not old.exists()
     finally:
         os.close(holder)
     assert STALE_AFTER_S <= 3600
+
+
+def test_a_rerun_right_after_sigkill_leaves_no_temp(tmp_path, model_dir):
+    src = photos(tmp_path / "src", 30)
+    args = [*SIGLIP, "embed", str(src), "--model", str(model_dir), "-o", str(tmp_path / "all.npy"),
+            "--batch-size", "1", "--workers", "1"]
+    proc = subprocess.Popen(args, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(tmp_path.glob(f".all.npy.*{TMP_SUFFIX}")):
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert list(tmp_path.glob(f".all.npy.*{TMP_SUFFIX}"))  # the killed run's temp
+    assert subprocess.run(args, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["all.npy", "all.npy.json", "src"]
 
 
 def test_a_shard_given_twice_finishes_twice_without_false_failures(tmp_path, model_dir):
@@ -517,15 +536,20 @@ def tmpfs(tmp_path):
     subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-def test_a_full_disk_fails_each_input_and_leaves_no_temp(tmpfs, tmp_path, emb):
+def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_temp(tmpfs, tmp_path):
     src = photos(tmp_path / "src", 40)
-    summary = embed_to(Embedder(SiglipVisionModel.random_init(SiglipVisionConfig(**TINY)),
-                                imagenet_preprocessing(96), device="cpu"),
-                       [src], f"{tmpfs / 'emb'}/", report=tmp_path / "r.jsonl")  # 18 KB a file: 3 fit
-    assert summary.embedded >= 1 and summary.failed >= 30
-    assert all("No space left on device" in r["reason"] for r in records(tmp_path / "r.jsonl")
-               if r["status"] == "failed")
+    big = Embedder(SiglipVisionModel.random_init(SiglipVisionConfig(**TINY)), imagenet_preprocessing(96),
+                   device="cpu")  # 18 KB a file: three fit
+    with pytest.raises(OutputError, match="No space left on device"):
+        embed_to(big, [src], f"{tmpfs / 'emb'}/", report=tmp_path / "r.jsonl", batch_size=1, workers=0)
+    got = records(tmp_path / "r.jsonl")
+    assert 1 <= len(got) <= 5 and got[0]["status"] == "embedded"  # stopped at the first write that failed
     assert [p for p in (tmpfs / "emb").iterdir() if p.name.endswith(TMP_SUFFIX)] == []
+    shutil.rmtree(tmpfs / "emb")
+    with pytest.raises(OutputError, match="No space left on device"):  # stacked: nothing claims "embedded"
+        embed_to(big, [src], tmpfs / "all.npy", report=tmp_path / "s.jsonl")
+    assert {r["status"] for r in records(tmp_path / "s.jsonl")} == {"failed"}
+    assert not (tmpfs / "all.npy").exists()
 
 
 def test_a_read_only_output_folder_is_refused_before_any_work(tmpfs, tmp_path, model_dir):
@@ -534,3 +558,89 @@ def test_a_read_only_output_folder_is_refused_before_any_work(tmpfs, tmp_path, m
     src = photos(tmp_path / "src", 2)
     line = one_error_line(invoke("embed", str(src), "--model", str(model_dir), "-o", f"{tmpfs / 'emb'}/"))
     assert line == f"Error: cannot write to output folder '{tmpfs / 'emb'}': Read-only file system"
+
+
+# --- found by a hostile review -------------------------------------------------------------------------
+
+def test_report_to_stdout_feeds_a_pipe_and_appends_to_a_log(tmp_path, model_dir):
+    src = photos(tmp_path / "src", 2)
+    base = " ".join([*SIGLIP, "embed", str(src), "--model", str(model_dir), "-q", "--report", "/dev/stdout"])
+    piped = subprocess.run(["bash", "-c", f"{base} -o {tmp_path / 'a.npy'} | wc -l"], capture_output=True,
+                           text=True, timeout=300)
+    assert piped.stdout.strip() == "2", piped.stderr
+    log = tmp_path / "log.txt"
+    log.write_text("an earlier line\n")
+    appended = subprocess.run(["bash", "-c", f"{base} -o {tmp_path / 'b.npy'} >> {log}"], capture_output=True,
+                              text=True, timeout=300)
+    assert appended.returncode == 0, appended.stderr
+    lines = log.read_text().splitlines()
+    assert lines[0] == "an earlier line" and [json.loads(x)["status"] for x in lines[1:]] == ["embedded"] * 2
+
+
+def test_report_refusals_for_odd_spellings(tmp_path, model_dir):
+    dd = tmp_path / "dd"
+    (dd / "sub").mkdir(parents=True)
+    shutil.copy(PHOTOS[0], dd / "..x.jpg")  # a name that starts with two dots, not a parent folder
+    shutil.copy(PHOTOS[1], dd / "sub" / "b.jpg")
+    for report in (tmp_path / "odd" / "..x.jpg.npy", tmp_path / "odd" / "sub"):  # an output; a folder outputs need
+        line = one_error_line(invoke("embed", str(dd), "--hidden", "--model", str(model_dir), "-o",
+                                     f"{tmp_path / 'odd'}/", "--report", str(report)))
+        assert "would overwrite an input or an output" in line
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link.npy").symlink_to(tmp_path / "real" / "emb.npy")
+    line = one_error_line(invoke("embed", str(dd / "sub"), "--model", str(model_dir), "-o", str(tmp_path / "link.npy"),
+                                 "--report", str(tmp_path / "real" / "emb.npy.json")))  # the sidecar, via the link
+    assert "would overwrite" in line
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"{dd / 'sub' / 'b.jpg'}\n")
+    line = one_error_line(invoke("embed", "--files-from", str(listing), "--model", str(model_dir), "-o",
+                                 str(tmp_path / "l.npy"), "--report", str(listing)))
+    assert "would overwrite" in line and listing.read_text().endswith("b.jpg\n")
+
+
+def test_overwrite_fails_only_the_input_whose_output_is_a_folder(tmp_path, emb):
+    src = photos(tmp_path / "src", 3)
+    out = tmp_path / "out"
+    embed_to(emb, [src], f"{out}/")
+    victim = sorted(out.iterdir())[1]
+    victim.unlink()
+    victim.mkdir()
+    summary = embed_to(emb, [src], f"{out}/", overwrite=True, report=tmp_path / "r.jsonl")
+    assert (summary.embedded, summary.failed) == (2, 1)
+    assert "is a folder, which siglip never replaces" in [r for r in records(tmp_path / "r.jsonl")
+                                                          if r["status"] == "failed"][0]["reason"]
+
+
+def test_a_stacked_npy_name_with_no_room_for_its_sidecar_is_refused_first(tmp_path, model_dir):
+    src = photos(tmp_path / "src", 2)
+    out = tmp_path / ("b" * 250 + ".npy")
+    line = one_error_line(invoke("embed", str(src), "--model", str(model_dir), "-o", str(out)))
+    assert "too long for its sidecar" in line and not out.exists()
+
+
+def test_a_single_npy_never_deletes_a_users_own_json(tmp_path, emb):
+    notes = tmp_path / "p.npy.json"
+    notes.write_text('{"my": "notes"}')
+    (tmp_path / "q.npy.json").mkdir()
+    embed_to(emb, [PHOTOS[0]], tmp_path / "p.npy")
+    embed_to(emb, [PHOTOS[0]], tmp_path / "q.npy")
+    assert notes.read_text() == '{"my": "notes"}' and (tmp_path / "q.npy.json").is_dir()
+    _stacked(tmp_path / "s.npy", 1.0, ["a"])
+    embed_to(emb, [PHOTOS[0]], tmp_path / "s.npy")  # siglip's own stale sidecar does go
+    assert not (tmp_path / "s.npy.json").exists() and read_embeddings(tmp_path / "s.npy")[0].shape == (16, 32)
+
+
+def test_an_interrupted_stacked_run_reports_no_row_as_embedded(tmp_path, emb):
+    src = photos(tmp_path / "src", 6)
+
+    def interrupt(outcome):
+        if outcome.path.endswith("img03.png") or outcome.path.endswith("img03.jpg"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_to(emb, [src], tmp_path / "all.npy", on_outcome=interrupt, report=tmp_path / "r.jsonl", batch_size=1,
+                 workers=0)
+    got = records(tmp_path / "r.jsonl")
+    assert len(got) == 4 and all(r["status"] == "failed" and r["reason"] == "not written: the run was interrupted"
+                                 for r in got)
+    assert not (tmp_path / "all.npy").exists()
