@@ -381,11 +381,15 @@ def download_weights(
     repo_id, revision = parse_model_spec(model_id, revision)
     if verify:
         done = verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir)
-        _err(f"verified: every weight file matches its recorded sha256 and config.json")
+        _err("verified: every file matches its recorded hash, and the weights fit config.json")
     else:
         done = download(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir, note=_note)
     lines = [f"model:    {done.repo_id}", f"revision: {done.revision}", f"path:     {done.path}",
              f"size:     {human_size(done.size)} in {len(done.files)} files"]
+    if done.unverified:
+        lines.append(f"checksum: NOT verified: {', '.join(done.unverified)} (no hash from the hub)")
+    else:
+        lines.append(f"checksum: verified ({len(done.verified)} files)")
     if done.full_checkpoint:
         lines.append("note:     a full SigLIP checkpoint: the weights also hold the text tower (not loaded)")
     typer.echo("\n".join(lines))
