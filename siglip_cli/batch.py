@@ -236,7 +236,7 @@ class _Run:
             if self.stacked is not None:
                 self.stacked.abort()
                 # Rows that were waiting for the stacked file were never written: the report says so.
-                why = str(e) if isinstance(e, OutputError) else "the run was interrupted"
+                why = str(e) if isinstance(e, OutputError) else "the run stopped before the file was complete"
                 for o in self.outcomes:
                     if o.status == "embedded":
                         o.status, o.reason, o.output = "failed", f"not written: {why}", None
