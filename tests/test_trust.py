@@ -641,6 +641,6 @@ def test_an_interrupted_stacked_run_reports_no_row_as_embedded(tmp_path, emb):
         embed_to(emb, [src], tmp_path / "all.npy", on_outcome=interrupt, report=tmp_path / "r.jsonl", batch_size=1,
                  workers=0)
     got = records(tmp_path / "r.jsonl")
-    assert len(got) == 4 and all(r["status"] == "failed" and r["reason"] == "not written: the run stopped before the file was complete"
-                                 for r in got)
+    why = "not written: the run stopped before the file was complete"
+    assert len(got) == 4 and all(r["status"] == "failed" and r["reason"] == why for r in got)
     assert not (tmp_path / "all.npy").exists()
