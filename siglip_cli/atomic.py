@@ -12,8 +12,10 @@ two outputs whose names share a long prefix) is never touched. Torch- and numpy-
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
+import socket
 import stat
 import tempfile
 import time
@@ -27,7 +29,8 @@ except ImportError:  # pragma: no cover - not POSIX: no locks, so no temp is eve
     fcntl = None
 
 TMP_SUFFIX = ".siglip-tmp"
-# A `.siglip-new` temp (created, not yet locked: an instant) is only removed when older than this.
+# A temp whose writer cannot be seen from here (another host; or one mid-creation) is only removed when
+# its lock is free and it has not been written to for this long.
 STALE_AFTER_S = 60.0
 # mkstemp creates files readable by their owner only; outputs get the usual permissions (0666 - umask).
 _UMASK = os.umask(0)
@@ -47,21 +50,24 @@ def _lock(fd: int) -> bool:
         return False
 
 
-def _temp_prefix(path: Path) -> str:
-    # Short enough that a long file name plus the random part stays under the 255-byte name limit;
-    # undecodable bytes and a cut UTF-8 sequence survive as surrogates, which the OS writes back as bytes.
-    return f".{os.fsdecode(os.fsencode(path.name)[:100])}."
-
-
+_HOST = hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
 _NEW = ".siglip-new"  # a temp not yet locked: renamed to TMP_SUFFIX once it is
-_TEMP = re.compile(r"^\..*\.[a-z0-9_]{8}(%s|%s)$" % (re.escape(TMP_SUFFIX), re.escape(_NEW)), re.DOTALL)
+_TEMP = re.compile(r"^\..*\.([0-9a-f]{6})-(\d+)\.[a-z0-9_]{8}(%s|%s)$" % (re.escape(TMP_SUFFIX), re.escape(_NEW)),
+                   re.DOTALL)
+
+
+def _temp_prefix(path: Path) -> str:
+    # `.name.HOST-PID.` + mkstemp's 8 random characters: the name's first 100 bytes (undecodable bytes
+    # and a cut UTF-8 sequence survive as surrogates, written back as bytes), which host and process.
+    return f".{os.fsdecode(os.fsencode(path.name)[:100])}.{_HOST}-{os.getpid()}."
 
 
 def temp_file(path: Path):
     """A new temporary file beside `path` (same folder, so the final rename is atomic), locked.
 
-    It is created as `.name.XXXXXXXX.siglip-new`, locked, then renamed to `.siglip-tmp`: so every
-    `.siglip-tmp` is locked from the moment it exists, and one that can be locked is abandoned.
+    It is created as `.name.HOST-PID.XXXXXXXX.siglip-new`, locked, then renamed to `.siglip-tmp`, so
+    every `.siglip-tmp` is locked from the moment it exists (the name is unique to this process, so the
+    rename replaces nothing).
     """
     clean_abandoned_temps(path.parent)
     try:
@@ -72,7 +78,7 @@ def temp_file(path: Path):
     try:
         if _lock(fd):
             os.rename(new, tmp)
-        else:  # no locks here: nothing will ever be proved abandoned, so the name does not matter
+        else:  # no locks here: the name does not matter
             tmp = new
         os.fchmod(fd, 0o666 & ~_UMASK)
     except OSError as e:
@@ -83,12 +89,31 @@ def temp_file(path: Path):
     return os.fdopen(fd, "wb+"), Path(tmp)
 
 
+def _abandoned(name: str, age: float, lockable: bool) -> bool:
+    """Whether a temp's writer is provably gone. Its lock must be free; then either it was written by
+    a process of this host that no longer exists, or it is older than STALE_AFTER_S (a writer on
+    another host, whose lock a shared file system may not show here; a `.siglip-new` mid-creation)."""
+    m = _TEMP.match(name)
+    if m is None or not lockable:
+        return False
+    if age > STALE_AFTER_S:
+        return True
+    if m.group(1) != _HOST or m.group(3) == _NEW:
+        return False
+    try:
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError, ValueError):
+        pass
+    return False
+
+
 def clean_abandoned_temps(folder: Path) -> None:
     """Remove the temps of killed earlier runs in `folder`, once per folder and process.
 
-    A `.siglip-tmp` is removed only when its lock can be taken: its writer is gone. A `.siglip-new`
-    (its writer died in the instant between creating and locking it) only when also a minute old.
-    Another live writer's temp, here or in another process, is never touched.
+    A temp is removed only when its lock can be taken and its writer is provably gone (see
+    _abandoned): another live writer's temp, in this process or another, is never touched.
     """
     key = os.path.abspath(folder)
     if key in _cleaned or fcntl is None:
@@ -100,12 +125,11 @@ def clean_abandoned_temps(folder: Path) -> None:
         return
     for entry in entries:
         with contextlib.suppress(OSError):
-            if not entry.is_file(follow_symlinks=False) or (
-                    entry.name.endswith(_NEW) and time.time() - entry.stat().st_mtime < STALE_AFTER_S):
+            if not entry.is_file(follow_symlinks=False):
                 continue
             fd = os.open(entry.path, os.O_RDWR | os.O_NOFOLLOW)
             try:
-                if _lock(fd):
+                if _abandoned(entry.name, time.time() - os.fstat(fd).st_mtime, _lock(fd)):
                     os.unlink(entry.path)
             finally:
                 os.close(fd)
@@ -135,7 +159,15 @@ def special_kind(mode: int) -> str | None:
     return None
 
 
-_STD_STREAM = re.compile(r"^/dev/(stdout|stderr)$|^/(dev|proc/self|proc/\d+)/fd/\d+$")
+_STD_STREAM = re.compile(r"^/dev/(stdout|stderr)$|^/(dev|proc/self)/fd/(\d+)$")
+
+
+def _std_fd(path: Path) -> int | None:
+    """The descriptor `/dev/stdout`, `/dev/stderr`, `/dev/fd/N` or `/proc/self/fd/N` names, if any."""
+    m = _STD_STREAM.match(str(path))
+    if m is None:
+        return None
+    return {"stdout": 1, "stderr": 2}[m.group(1)] if m.group(1) else int(m.group(3))
 
 
 def destination(path: Path, through: bool = False) -> tuple[Path, bool]:
@@ -145,8 +177,8 @@ def destination(path: Path, through: bool = False) -> tuple[Path, bool]:
     (/dev/null, /dev/stdout) or a socket is never replaced by a regular file: with through=True (a
     report) it is written to as any Unix tool would; otherwise (an embeddings file) it is refused.
     """
-    if through and _STD_STREAM.match(str(path)):
-        return Path(path), True  # /dev/stdout is whatever stdout is now: a pipe, a terminal, a log opened >>
+    if through and _std_fd(path) is not None:
+        return Path(path), True  # /dev/stdout is whatever stdout is now: a pipe, a socket, a log opened >>
     real = Path(os.path.realpath(path))
     try:
         mode = os.stat(real).st_mode
@@ -188,13 +220,28 @@ def check_folder_writable(folder: Path) -> None:
         raise UsageError(f"cannot write to output folder {str(folder)!r}: {e.strerror or e}") from None
 
 
+def _write_through(path: Path, data: bytes) -> None:
+    """Into what is there: the process's own descriptor for /dev/stdout and the like (reopening it
+    fails for a socket and would truncate a log opened with >>), else the FIFO or device, appended."""
+    fd = _std_fd(path)
+    own = fd is None
+    if own:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        if own:
+            os.close(fd)
+
+
 def atomic_write_bytes(path: Path, data: bytes, through: bool = False) -> None:
     """Write a whole file atomically (or, with through=True, into a FIFO or device found at `path`)."""
     real, special = destination(path, through)
     try:
-        if special:  # appended, never truncated: a log that stdout was opened on (>>) keeps its lines
-            with open(os.open(real, os.O_WRONLY | os.O_APPEND), "wb") as f:
-                f.write(data)
+        if special:
+            _write_through(real, data)
             return
         f, tmp = temp_file(real)
     except OSError as e:

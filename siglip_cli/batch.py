@@ -107,9 +107,8 @@ def write_report(path: Path, records: list[str]) -> None:
 def check_report(report: Path, out: Path, folder: bool, items: list[Input], fmt: str = ".npy",
                  protected: Iterable[str | Path] = ()) -> None:
     """--report must never overwrite an input, the output, its sidecar, a folder-mode output or a
-    folder one needs, or another file of the run (`protected`, e.g. the --files-from list): refused
-    before any work."""
-    check_writable(report, through=True)
+    folder one needs, or another file of the run (`protected`: the --files-from list, a checkpoint
+    folder and everything in it): refused before any work, and before any folder is created for it."""
     real = os.path.realpath(report)
     if folder:
         inside = os.path.relpath(real, os.path.realpath(out))
@@ -123,11 +122,14 @@ def check_report(report: Path, out: Path, folder: bool, items: list[Input], fmt:
     else:
         real_out = destination(out)[0]
         clash = real in (str(real_out), f"{real_out}.json")
+    for p in protected:
+        clash = clash or (os.path.isdir(p) and Path(os.path.realpath(p)) in Path(real).parents)
     if not clash and os.path.isfile(report):
         clash = any(_same(report, p) for p in [*protected, *(item.path for item in items)])
     if clash:
         raise UsageError(f"--report {str(report)!r} would overwrite an input or an output of this run: give the "
                          "report another name")
+    check_writable(report, through=True)
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -257,9 +259,10 @@ class _Run:
             except OutputError as e:
                 # A full disk, a quota, a size limit or a read-only file system fails every write that
                 # follows too: stop, rather than compute every embedding only to throw it away.
+                if self.folder:
+                    self.record(Outcome(str(item.path), "failed", reason=str(e)))
                 if self.fail_fast or not self.folder or isinstance(e, OutputGoneError) or e.errno in _DEVICE_FULL:
                     raise
-                self.record(Outcome(str(item.path), "failed", reason=str(e)))
                 return
             self.record(Outcome(str(item.path), "embedded", output=output))
 

@@ -257,7 +257,10 @@ def embed(
     # SIGTERM unwinds like Ctrl-C from the moment the command starts (main installs the handler):
     # temp files go, and the report is written, empty if no input was reached yet. Before the report
     # is checked against the inputs and outputs, that is only safe where nothing is there to lose.
-    report_due = report is not None and (not os.path.lexists(report) or destination(report, through=True)[1])
+    try:
+        report_due = report is not None and (not os.path.lexists(report) or destination(report, through=True)[1])
+    except SiglipError as e:  # a report path that cannot even be looked at (a loop of symlinks ...)
+        raise UsageError(str(e)) from None
     try:
         from glob import has_magic as glob_has_magic
 
@@ -277,7 +280,8 @@ def embed(
         if not folder:
             refuse_overwriting_inputs(Path(output), items)
         if report is not None:
-            check_report(report, Path(output), folder, items, "." + fmt.value, protected=[files_from or ""])
+            check_report(report, Path(output), folder, items, "." + fmt.value,
+                         protected=[files_from or "", model or ""])
             report_due = True
         if not items:
             raise UsageError("no images found in the inputs (folders are searched for image files by suffix; see "

@@ -135,8 +135,7 @@ class Collector:
     def add_list(self, list_file: str) -> None:
         """--files-from: one path a line (`-`: stdin); blank lines and lines starting with # are ignored."""
         for entry in _list_lines(list_file):
-            entry = entry.strip()
-            if not entry or entry.startswith("#"):
+            if not entry.strip() or entry.startswith("#"):  # the rest is the name exactly: spaces are part of it
                 continue
             path = Path(entry)
             kind = _kind(path)

@@ -141,8 +141,8 @@ def test_embeddings_output_is_never_replaced_by_a_regular_file_over_a_fifo_or_sy
     assert read_embeddings(tmp_path / "link.npy")[1]["sources"] == [str(p) for p in sorted(src.iterdir())]
 
 
-def _temp(folder: Path, name: str, age: float, suffix: str = TMP_SUFFIX) -> Path:
-    tmp = folder / f".{name}.abcd1234{suffix}"
+def _temp(folder: Path, name: str, age: float, suffix=TMP_SUFFIX, host="ffffff", pid=1) -> Path:
+    tmp = folder / f".{name}.{host}-{pid}.abcd1234{suffix}"
     tmp.write_bytes(b"half")
     os.utime(tmp, (time.time() - age, time.time() - age))
     return tmp
@@ -155,14 +155,18 @@ def test_only_provably_abandoned_temps_are_removed(tmp_path):
     live = _temp(tmp_path, long + "-other.npy", age=3600)
     holder = os.open(live, os.O_RDWR)  # another run, still writing it: it holds the writer's lock
     fcntl.flock(holder, fcntl.LOCK_EX)
-    dead = _temp(tmp_path, long + "-dead.npy", age=0)  # its run was killed a moment ago: nobody holds it
-    young = _temp(tmp_path, long + "-new.npy", age=0, suffix=".siglip-new")  # being created, not yet locked
+    from siglip_cli.atomic import _HOST
+
+    # Its run, on this host, was killed a moment ago (a pid above any pid_max: no such process).
+    dead = _temp(tmp_path, long + "-dead.npy", age=0, host=_HOST, pid=2 ** 22 + 7)
+    young = _temp(tmp_path, long + "-new.npy", age=0, suffix=".siglip-new", host=_HOST, pid=2 ** 22 + 7)
     old = _temp(tmp_path, long + "-old.npy", age=3600, suffix=".siglip-new")  # its writer died creating it
+    remote = _temp(tmp_path, long + "-remote.npy", age=0)  # another host's: its lock may not be visible here
     mine = tmp_path / ".precious.siglip-tmp"  # a user's file that merely ends like a temp
     mine.write_bytes(b"mine")
     try:
         atomic_write_bytes(tmp_path / f"{long}.npy", b"data")
-        assert live.exists() and young.exists() and mine.exists()
+        assert live.exists() and young.exists() and mine.exists() and remote.exists()
         assert not dead.exists() and not old.exists()
     finally:
         os.close(holder)
@@ -508,7 +512,7 @@ def test_an_output_folder_deleted_mid_run_is_named_truly(tmp_path, emb):
     with pytest.raises(OutputError, match=r"output folder .*out no longer exists \(deleted during the run\?\)"):
         embed_to(emb, [src], f"{out}/", batch_size=1, workers=0, on_outcome=delete_after_first,
                  report=tmp_path / "r.jsonl")
-    assert len(records(tmp_path / "r.jsonl")) == 1
+    assert [r["status"] for r in records(tmp_path / "r.jsonl")] == ["embedded", "failed"]
 
 
 # --- real OS faults ------------------------------------------------------------------------------------
@@ -543,7 +547,8 @@ def test_a_full_disk_stops_the_run_with_one_line_and_leaves_no_temp(tmpfs, tmp_p
     with pytest.raises(OutputError, match="No space left on device"):
         embed_to(big, [src], f"{tmpfs / 'emb'}/", report=tmp_path / "r.jsonl", batch_size=1, workers=0)
     got = records(tmp_path / "r.jsonl")
-    assert 1 <= len(got) <= 5 and got[0]["status"] == "embedded"  # stopped at the first write that failed
+    assert 2 <= len(got) <= 6 and got[0]["status"] == "embedded"  # stopped at the first write that failed
+    assert got[-1]["status"] == "failed" and "No space left on device" in got[-1]["reason"]
     assert [p for p in (tmpfs / "emb").iterdir() if p.name.endswith(TMP_SUFFIX)] == []
     shutil.rmtree(tmpfs / "emb")
     with pytest.raises(OutputError, match="No space left on device"):  # stacked: nothing claims "embedded"
@@ -644,3 +649,66 @@ def test_an_interrupted_stacked_run_reports_no_row_as_embedded(tmp_path, emb):
     why = "not written: the run stopped before the file was complete"
     assert len(got) == 4 and all(r["status"] == "failed" and r["reason"] == why for r in got)
     assert not (tmp_path / "all.npy").exists()
+
+
+# --- found by a second hostile review ------------------------------------------------------------------
+
+def test_a_list_line_is_the_name_exactly(tmp_path, emb):
+    shutil.copy(PHOTOS[0], tmp_path / "y.png")
+    shutil.copy(PHOTOS[1], tmp_path / "y.png ")  # another file: its name ends in a space
+    listing = tmp_path / "list.txt"
+    listing.write_bytes(f"{tmp_path}/y.png \r\n   \n{tmp_path}/y.png".encode())  # CRLF, blank, no final newline
+    from siglip_cli.inputs import collect
+
+    assert [str(i.path) for i in collect([], str(listing))] == [f"{tmp_path}/y.png ", f"{tmp_path}/y.png"]
+
+
+def test_report_to_stdout_when_stdout_is_a_socket(tmp_path, model_dir):
+    src = photos(tmp_path / "src", 2)
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen([*SIGLIP, "embed", str(src), "--model", str(model_dir), "-o", str(tmp_path / "a.npy"),
+                             "-q", "--report", "/dev/stdout"], stdout=theirs, stderr=subprocess.PIPE, text=True)
+    theirs.close()
+    got = b""
+    while chunk := ours.recv(65536):
+        got += chunk
+    assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    assert [json.loads(x)["status"] for x in got.decode().splitlines()] == ["embedded", "embedded"]
+
+
+def test_report_never_overwrites_the_checkpoint_nor_leaves_folders_when_refused(tmp_path, model_dir):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(model_dir, ckpt)
+    src = photos(tmp_path / "src", 2)
+    config = (ckpt / "config.json").read_bytes()
+    line = one_error_line(invoke("embed", str(src), "--model", str(ckpt), "-o", str(tmp_path / "z.npy"), "--report",
+                                 str(ckpt / "config.json")))
+    assert "would overwrite" in line and (ckpt / "config.json").read_bytes() == config
+    photos(src / "sub", 1)
+    one_error_line(invoke("embed", str(src), "--model", str(ckpt), "-o", f"{tmp_path / 'o'}/", "--report",
+                          str(tmp_path / "o" / "sub" / "img00.jpg.npy")))  # an output, in a folder not made yet
+    assert not (tmp_path / "o" / "sub").exists()
+
+
+def test_a_report_path_that_cannot_be_looked_at_is_a_usage_error(tmp_path):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    line = one_error_line(invoke("embed", str(PHOTOS[0]), "--random-init", "-o", str(tmp_path / "q.npy"),
+                                 "--report", str(tmp_path / "loop1")))
+    assert "Too many levels of symbolic links" in line
+
+
+def test_a_temp_of_a_dead_process_on_this_host_goes_at_once_others_wait(tmp_path):
+    import fcntl
+
+    from siglip_cli.atomic import _HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()  # a pid that has exited
+    mine = tmp_path / f".a.npy.{_HOST}-{dead}.abcd1234{TMP_SUFFIX}"
+    remote = tmp_path / f".b.npy.ffffff-{dead}.abcd1234{TMP_SUFFIX}"  # another host: its lock may not show here
+    for p in (mine, remote):
+        p.write_bytes(b"half")
+    atomic_write_bytes(tmp_path / "c.npy", b"data")
+    assert not mine.exists() and remote.exists()
+    assert fcntl  # (the lock test itself: test_only_provably_abandoned_temps_are_removed)
