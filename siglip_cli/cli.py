@@ -123,6 +123,7 @@ DeviceOpt = Annotated[Device, typer.Option("--device", help="Where the model run
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", callback=_show_version,
                                           is_eager=True)] = False,
     debug: DebugOpt = False,
@@ -131,6 +132,8 @@ def _root(
 
     Start with `siglip embed --help`.
     """
+    if ctx.invoked_subcommand != "embed":  # embed starts unwinding once it can write its report
+        _unwind_on_sigterm()
 
 
 class Fmt(str, Enum):
@@ -262,6 +265,7 @@ def embed(
     except SiglipError as e:  # a report path that cannot even be looked at (a loop of symlinks ...)
         raise UsageError(str(e)) from None
     try:
+        _unwind_on_sigterm()  # a SIGTERM during start-up unwinds here, and the report is written
         from glob import has_magic as glob_has_magic
 
         from .batch import check_report, embed_to, is_folder_output
@@ -343,13 +347,26 @@ def embed(
         raise typer.Exit(EXIT_FAILED)
 
 
+_sigterm = {"defer": True, "pending": False}
+
+
 def _terminate(signum, frame) -> None:
     """SIGTERM: unwind (cleanup runs, the report is written); a second SIGTERM ends the process at once
-    (e.g. while the report waits for a reader on a FIFO)."""
+    (e.g. while the report waits for a reader on a FIFO). Until a command can clean up (during
+    argument parsing), the first one is held and unwinds as soon as it can."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if _sigterm["defer"]:
+        _sigterm["pending"] = True
+        return
     raise SystemExit(143)
+
+
+def _unwind_on_sigterm() -> None:
+    _sigterm["defer"] = False
+    if _sigterm["pending"]:
+        raise SystemExit(143)
 
 
 @app.command("download-weights", epilog=HUB_EXIT_CODES_HELP)

@@ -494,6 +494,22 @@ def test_sigterm_while_the_model_loads_still_writes_the_report(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(TMP_SUFFIX)] == []
 
 
+def test_sigterm_during_start_up_imports_still_writes_the_report(tmp_path):
+    src = photos(tmp_path / "src", 1)
+    proc = subprocess.Popen([*SIGLIP, "embed", str(src), "--random-init", "-o", str(tmp_path / "x.npy"),
+                             "--report", str(tmp_path / "r.jsonl")], stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the moment siglip catches SIGTERM: right at start-up, before torch is imported
+        caught = next(line for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                      if line.startswith("SigCgt:"))
+        if int(caught.split()[1], 16) & (1 << (signal.SIGTERM - 1)):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143, proc.stderr.read()
+    assert (tmp_path / "r.jsonl").read_text() == "" and not (tmp_path / "x.npy").exists()
+
+
 def test_a_shard_with_nothing_to_do_writes_its_empty_report(tmp_path, model_dir):
     src = photos(tmp_path / "src", 1)
     result = invoke("embed", str(src), "--model", str(model_dir), "-o", f"{tmp_path / 'o'}/", "--shard", "1/2",
