@@ -25,11 +25,10 @@ TENSOR_NAME = "embeddings"
 
 def check_output_file(path: Path) -> None:
     """Before any work: a `-o FILE` that can be written, with room in its name for the .npy sidecar."""
-    output_format(path)
+    suffix = output_format(path)
     check_writable(path)
-    real, _ = destination(path)
-    if output_format(path) == ".npy" and len(os.fsencode(_sidecar(real).name)) > NAME_MAX:
-        raise UsageError(f"output {str(path)!r}: the name is too long for its sidecar {real.name}.json (over "
+    if suffix == ".npy" and len(os.fsencode(_sidecar(destination(path)[0]).name)) > NAME_MAX:
+        raise UsageError(f"output {str(path)!r}: the name is too long for its sidecar {path.name}.json (over "
                          f"{NAME_MAX} bytes): choose a shorter name")
 
 

@@ -10,7 +10,7 @@ from siglip_cli import SiglipVisionConfig, SiglipVisionModel
 from siglip_cli.cli import app
 from siglip_cli.config import PRESETS
 
-from conftest import PATCH14, PHOTOS, TINY, build_checkpoint
+from conftest import PHOTOS, TINY, build_checkpoint
 
 
 def captured(config: SiglipVisionConfig, batch: int, size: int, layer: int) -> dict[str, list[int]]:

@@ -6,12 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-import siglip_cli.weights as weights
 from siglip_cli import SiglipVisionModel
 from siglip_cli.errors import CheckpointError, ModelNotFoundError
 from siglip_cli.weights import map_checkpoint_key, resolve_model
 
-from conftest import PATCH14, TINY, build_checkpoint
+from conftest import TINY, build_checkpoint
 
 
 @pytest.mark.parametrize("name, key", [
