@@ -12,18 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .errors import (ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError,
+from .checkpoint import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
+                         is_full_checkpoint, read_config)
+from .config import DEFAULT_MODEL_ID
+from .errors import (ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError,  # noqa: F401
                      SiglipWarning)
-from .weights import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
-                      check_checkpoint, read_config)
+from .bars import rich_progress
+from .hashes import _download_metadata, _is_hash, _recorded_hashes, verify_files
 
 
 @dataclass
@@ -127,43 +128,6 @@ def _first_line(e: BaseException) -> str:
     return text[0] if text else type(e).__name__
 
 
-def _hash_file(path: Path, *hashes):
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            for h in hashes:
-                h.update(chunk)
-    return hashes[0].hexdigest()
-
-
-def _git_blob_sha1(data: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    return _hash_file(path, hashlib.sha256())
-
-
-def _is_hash(value) -> bool:
-    """A sha256 (64 hex) or a git object id (40 hex); a mirror's ETag or an empty oid is neither."""
-    return isinstance(value, str) and len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)
-
-
-def _file_matches(path: Path, want: str) -> tuple[bool, str]:
-    """(whether the file's bytes match the hub's hash, their sha256).
-
-    A 40-hex record is a git object id: of the file itself outside LFS, or of the LFS pointer that
-    names the file's sha256 and size (what a listing without `lfs` fields still carries for a weight file).
-    """
-    if len(want) == 64:
-        got = sha256_file(path)
-        return got == want, got
-    size = path.stat().st_size
-    sha1 = hashlib.sha1(b"blob %d\0" % size)
-    got = _hash_file(path, hashlib.sha256(), sha1)
-    pointer = f"version https://git-lfs.github.com/spec/v1\noid sha256:{got}\nsize {size}\n".encode()
-    return want in (sha1.hexdigest(), _git_blob_sha1(pointer)), got
-
-
 def select_files(repo_id: str, names: list[str]) -> list[str]:
     """The files the tool downloads from a repository listing; refuses repositories without safetensors."""
     import fnmatch
@@ -179,38 +143,11 @@ def select_files(repo_id: str, names: list[str]) -> list[str]:
     return wanted
 
 
-def _discard(path: Path) -> None:
-    """Remove a bad download: the cache's symlink and the blob behind it (or a local-dir file)."""
-    blob = path.resolve()
-    for p in {path, blob}:
-        with contextlib.suppress(FileNotFoundError):
-            p.unlink()
-
-
-def verify_files(repo_id: str, folder: Path, expected: dict[str, str]) -> None:
-    """Each file hashes to the hub's record: sha256 for LFS files (64 hex), a git object id otherwise."""
-    for name, want in sorted(expected.items()):
-        path = folder / name
-        if not path.is_file():
-            raise ChecksumError(f"{repo_id}: {name} is missing from {folder}: run "
-                                f"`siglip download-weights {repo_id}` again")
-        ok, got = _file_matches(path, want)
-        if not ok:
-            _discard(path)
-            raise ChecksumError(f"{repo_id}: {name} is corrupt (sha256 {got[:12]}..., the hub says {want[:12]}...); "
-                                f"the bad file was removed: run `siglip download-weights {repo_id}` again")
-
-
-def _is_full_checkpoint(folder: Path) -> bool:
-    try:
-        return "text_config" in json.loads((folder / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-
-
 def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path | None = None,
-                     local_dir: Path | None = None, progress: bool = True, note=None) -> Downloaded:
-    """Download what the tool needs of a SigLIP repository, verify it, and check it loads.
+                     local_dir: Path | None = None, progress: bool = True, note=None,
+                     model_class: type | None = None) -> Downloaded:
+    """Download what the tool needs of a SigLIP repository and verify it; with model_class, also check that
+    its weights fit that model (names and shapes, from the headers).
 
     note(message) is called with remarks for the user (e.g. that the text tower comes along).
     """
@@ -218,7 +155,8 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
 
     if offline_mode():
         try:  # nothing to download: report (and re-check) the copy already here
-            return verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir, require_hashes=False)
+            return verify_weights(repo_id, revision, cache_dir=cache_dir, local_dir=local_dir, require_hashes=False,
+                                  model_class=model_class)
         except ModelNotFoundError:
             raise HubUnreachableError(f"model {repo_id} is not in the cache and HF_HUB_OFFLINE=1 forbids "
                                       f"downloading: unset it and run `{download_command(repo_id, revision)}`") \
@@ -235,7 +173,7 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
         config_path = Path(hf_hub_download(repo_id, "config.json", revision=resolved, cache_dir=cache_dir,
                                            local_dir=local_dir))
         read_config(config_path.parent)  # an unsupported architecture is refused before the weights come
-        full = _is_full_checkpoint(config_path.parent)
+        full = is_full_checkpoint(config_path.parent)
         if full and note is not None:
             weights = sum(siblings[f].size or 0 for f in files if f.endswith(".safetensors"))
             size = f" ({human_size(weights)})" if weights else ""  # a mirror may send no sizes
@@ -253,7 +191,7 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
         if want := sent if _is_hash(sent) else recorded.get(name):
             expected[name] = want
     verify_files(repo_id, folder, expected)
-    check_checkpoint(folder)
+    _check(folder, model_class)
     unverified = tuple(f for f in files if f not in expected)
     if unverified:
         from huggingface_hub import constants
@@ -289,50 +227,17 @@ def _cached_folder(repo_id: str, revision: str | None, cache_dir: Path | None, l
                                  f"cache: run `{download_command(repo_id, revision)}`") from None
 
 
-def _download_metadata(local_dir: Path, name: str) -> tuple[str, str]:
-    """(commit, etag) that huggingface_hub recorded for a file downloaded into a --local-dir."""
-    meta = Path(local_dir) / ".cache" / "huggingface" / "download" / f"{name}.metadata"
-    lines = [line.strip() for line in meta.read_text().splitlines()] if meta.is_file() else []
-    return (lines[0] if lines else "unknown"), (lines[1] if len(lines) > 1 else "")
+def _check(folder: Path, model_class: type | None) -> None:
+    """The weights' names and shapes against the model class, from config.json and the headers alone."""
+    if model_class is not None:
+        from .weights import check_checkpoint
 
-
-def _tree_hashes(path: Path) -> dict[str, str]:
-    """name -> hash from the tree listing huggingface_hub caches per commit ({} when absent or unknown)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        files = data["files"] if data.get("format_version") == 1 else {}
-        hashes = {name: info.get("lfs_sha256") or info.get("blob_id") for name, info in files.items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}
-    return {name: h for name, h in hashes.items() if _is_hash(h)}
-
-
-def _recorded_hashes(folder: Path, names: list[str], local_dir: Path | None) -> dict[str, str]:
-    """The hub's hashes as huggingface_hub recorded them at download time, read without the network.
-
-    First the tree listing it keeps per commit (trees/<commit>.json in the repo's cache folder, or in a
-    --local-dir's .cache/huggingface/): the hub's lfs sha256 or git object id. Else the ETag the hub sent:
-    in the cache a file's blob is named by it (an LFS file's sha256); in a --local-dir it is kept in
-    .cache/huggingface/download/<name>.metadata. A mirror's ETag that is not a hash does not count.
-    """
-    out, trees = {}, {}
-    for name in names:
-        if local_dir is not None:
-            commit, etag = _download_metadata(local_dir, name)
-            base = Path(local_dir) / ".cache" / "huggingface"
-        else:
-            commit, etag = folder.name, (folder / name).resolve().name
-            base = folder.parent.parent  # models--org--name/, above snapshots/<commit>
-        if commit not in trees:
-            trees[commit] = _tree_hashes(base / "trees" / f"{commit}.json")
-        found = [h for h in (trees[commit].get(name), etag) if _is_hash(h)]
-        if found:
-            out[name] = found[0]
-    return out
+        check_checkpoint(folder, model_class)
 
 
 def verify_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path | None = None,
-                   local_dir: Path | None = None, require_hashes: bool = True) -> Downloaded:
+                   local_dir: Path | None = None, require_hashes: bool = True,
+                   model_class: type | None = None) -> Downloaded:
     """--verify: re-hash a downloaded model against the hub's recorded hashes and re-check its headers.
 
     A file with no recorded hash is a ChecksumError; with require_hashes=False (a plain download-weights
@@ -349,12 +254,12 @@ def verify_weights(repo_id: str, revision: str | None = None, *, cache_dir: Path
                             f"when downloaded: run `{download_command(repo_id, revision)}` against a hub that "
                             "sends hashes, then verify again")
     verify_files(repo_id, folder, hashes)
-    check_checkpoint(folder)
+    _check(folder, model_class)
     if unrecorded:
         _warn_unverified(repo_id, unrecorded, "no hash was recorded for {them} when downloaded")
     commit = folder.name if local_dir is None else _download_metadata(local_dir, files[0])[0]
     return Downloaded(repo_id, commit, folder, {n: (folder / n).stat().st_size for n in names},
-                      _is_full_checkpoint(folder), tuple(sorted(hashes)), unrecorded)
+                      is_full_checkpoint(folder), tuple(sorted(hashes)), unrecorded)
 
 
 def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, progress: bool = True,
@@ -379,77 +284,15 @@ def ensure_model(repo_id: str, revision: str | None, *, offline: bool = False, p
     return ModelSource(path=done.path, name=repo_id, revision=done.revision)
 
 
-@contextlib.contextmanager
-def rich_progress(enabled: bool) -> Iterator[type]:
-    """A tqdm-shaped class for huggingface_hub whose bars are tasks of one rich Progress on stderr."""
-    from rich.console import Console
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    console = Console(stderr=True)
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=console, transient=True,
-                        disable=not enabled or not console.is_terminal)
-
-    class Bar:
-        """The part of tqdm's interface huggingface_hub uses."""
-
-        def __init__(self, *args, desc: str = "", total: float | None = None, initial: float = 0, unit: str = "",
-                     **kwargs):
-            self.n = initial
-            self._total = total or 0
-            # Bytes received and bytes written are the same for plain HTTP: show one bar of bytes.
-            visible = unit == "B" and not desc.startswith("Downloading bytes")
-            self._task = progress.add_task("downloading", total=self._total or None, completed=initial,
-                                           visible=visible)
-
-        @property
-        def total(self):
-            return self._total
-
-        @total.setter
-        def total(self, value):
-            self._total = value
-            progress.update(self._task, total=value or None)
-
-        @property
-        def format_dict(self) -> dict:
-            return {"rate": None}
-
-        def update(self, n: float | None = 1) -> None:
-            self.n += n or 0
-            progress.update(self._task, completed=self.n)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc) -> None:
-            self.close()
-
-        def close(self) -> None:
-            pass
-
-        def refresh(self, *a, **k) -> None:
-            pass
-
-        def set_postfix_str(self, *a, **k) -> None:
-            pass
-
-        def set_description(self, *a, **k) -> None:
-            pass
-
-        def set_description_str(self, *a, **k) -> None:
-            pass
-
-    with progress:
-        yield Bar
-
-
-def fetch_config(repo_id: str, revision: str | None, *, offline: bool = False,
-                 cache_dir: Path | None = None) -> Path:
-    """The folder holding a hub model's config.json: from the cache, or just that file downloaded."""
+def config_folder(spec: str, *, offline: bool = False, cache_dir: Path | None = None) -> Path:
+    """A folder holding the model's config.json: a local directory as it is, a hub model's from the cache,
+    or just that file downloaded (inspect-shapes needs no weights)."""
     from huggingface_hub import hf_hub_download
 
+    folder = _local_folder(spec)
+    if folder is not None:
+        return folder
+    repo_id, revision = parse_model_spec(spec)
     try:
         return _cached_folder(repo_id, revision, cache_dir, None)
     except ModelNotFoundError:
@@ -457,3 +300,50 @@ def fetch_config(repo_id: str, revision: str | None, *, offline: bool = False,
             raise
     with hub_errors(repo_id, revision, cache_dir):
         return Path(hf_hub_download(repo_id, "config.json", revision=revision, cache_dir=cache_dir)).parent
+
+
+def parse_model_spec(spec: str, revision: str | None = None) -> tuple[str, str | None]:
+    """'org/name@rev' -> ('org/name', 'rev'), the id checked as the hub checks it."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    repo_id, sep, rev = spec.partition("@")
+    if sep and not rev:
+        raise ModelNotFoundError(f"model {spec!r}: nothing after '@': give a branch, tag or commit, or drop the '@'")
+    if sep and revision and rev != revision:
+        raise ModelNotFoundError(f"model {spec!r} and --revision {revision!r} disagree: give the revision once")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError:
+        raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
+                                 "(like google/siglip-base-patch16-224)") from None
+    return repo_id, (revision or (rev if sep else None))
+
+
+def _local_folder(spec: str) -> Path | None:
+    """The checkpoint directory a spec names, None for a hub id; an error for anything else."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"model {spec!r} is a file: --model takes a checkpoint directory or a hub id")
+    if spec.startswith((".", "/", "~")) or "\\" in spec:
+        raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
+                                 "(like google/siglip-base-patch16-224)")
+    return None
+
+
+def resolve_model(spec: str | None, revision: str | None = None, *, offline: bool = False,
+                  progress: bool = True, note=None, cache_dir: Path | None = None) -> ModelSource:
+    """A model name -> its checkpoint on this machine: a local directory as it is, or a hub id (optionally
+    id@revision) from the Hugging Face cache, downloaded first when missing unless offline (or
+    HF_HUB_OFFLINE=1), in which case the error names the command to run. The one place names are resolved.
+    """
+    if spec is not None and not spec.strip():
+        raise ModelNotFoundError("--model is empty: give a checkpoint directory or a hub id")
+    spec = spec or DEFAULT_MODEL_ID
+    folder = _local_folder(spec)
+    if folder is not None:
+        return ModelSource(path=folder, name=spec)
+    repo_id, revision = parse_model_spec(spec, revision)
+    return ensure_model(repo_id, revision, offline=offline, progress=progress, note=note, cache_dir=cache_dir)

@@ -139,3 +139,60 @@ def test_image_size_is_bounded():
     with pytest.raises(UsageError, match="image size 256 with patch size 1 makes 65536 patches, more than siglip's "
                                          "limit of 16384"):
         check_image_size(256, fine_patches)
+
+
+def test_full_config_keeps_the_text_tower():
+    from siglip_cli.config import TEXT_PRESETS, SiglipConfig, SiglipTextConfig
+
+    full = SiglipConfig.from_hf_dict({"model_type": "siglip", "text_config": {
+        "hidden_size": 1152, "intermediate_size": 4304, "num_attention_heads": 16, "num_hidden_layers": 27,
+        "max_position_embeddings": 16, "projection_size": 1152, "bos_token_id": 49406},
+        "vision_config": {"hidden_size": 1152, "image_size": 224, "intermediate_size": 4304,
+                          "num_attention_heads": 16, "num_hidden_layers": 27, "patch_size": 14}})
+    text = full.text_config
+    assert (text.hidden_size, text.max_position_embeddings, text.vocab_size, text.projection_size) == (1152, 16, 32000,
+                                                                                                        1152)
+    assert text == SiglipTextConfig(**{**TEXT_PRESETS["so400m"].to_dict(), "max_position_embeddings": 16})
+    assert full.part(SiglipTextConfig) is text and full.part(SiglipVisionConfig) is full.vision_config
+    # The text width by default, or what the config says (SigLIP 2 giant-opt: 1152 -> 1536).
+    assert SiglipTextConfig(hidden_size=64, num_attention_heads=4).projection_size == 64
+    assert SiglipTextConfig(projection_size=1536).projection_size == 1536
+    # A vision-only config has no text tower, and text needs are refused in one line.
+    vision_only = SiglipConfig.from_hf_dict({"model_type": "siglip_vision_model", **TINY})
+    assert vision_only.text_config is None and vision_only.vision_config == SiglipVisionConfig(**TINY)
+    with pytest.raises(CheckpointError, match="no text tower"):
+        vision_only.part(SiglipTextConfig)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("vocab_size", 0, "vocab_size is 0: expected an integer from 1 to"),
+    ("max_position_embeddings", 10 ** 9, "max_position_embeddings is 1000000000"),
+    ("hidden_act", "relu", "unsupported hidden_act 'relu'"),
+    ("num_attention_heads", 5, "not divisible by num_attention_heads 5"),
+])
+def test_bad_text_config_values_are_named(field, value, message):
+    from siglip_cli.config import SiglipConfig
+
+    with pytest.raises(CheckpointError, match=message):
+        SiglipConfig.from_hf_dict({"model_type": "siglip", "vision_config": {}, "text_config": {field: value}})
+    with pytest.raises(CheckpointError, match="text_config is a list, not a JSON object"):
+        SiglipConfig.from_hf_dict({"model_type": "siglip", "text_config": []})
+
+
+@pytest.mark.parametrize("data", [{}, {"architecture": "vit_base_patch16_siglip_224", "num_classes": 0},
+                                  {"foo": 1, "bar": [2]}])
+def test_a_config_with_no_siglip_key_is_refused_at_once(data):
+    # Once this silently became the base config, and failed later with a list of missing weights.
+    with pytest.raises(CheckpointError, match=r"not a SigLIP config: none of its keys .* is a SigLIP one"):
+        SiglipVisionConfig.from_hf_dict(data)
+
+
+def test_presets_are_written_once():
+    from siglip_cli.catalog import KNOWN_MODELS
+    from siglip_cli.config import TEXT_PRESETS
+
+    for m in KNOWN_MODELS:
+        assert m.config == PRESETS[m.vision].__class__(**{**PRESETS[m.vision].to_dict(), "patch_size": m.patch_size,
+                                                          "image_size": m.image_size})
+        assert m.full_config.text_config.vocab_size == TEXT_PRESETS[m.text].vocab_size
+        assert m.full_config.text_config.projection_size == m.config.hidden_size

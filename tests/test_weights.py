@@ -6,9 +6,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from siglip_cli import SiglipVisionModel
+from siglip_cli import SiglipVisionConfig, SiglipVisionModel
 from siglip_cli.errors import CheckpointError, ModelNotFoundError
-from siglip_cli.weights import map_checkpoint_key, resolve_model
+from siglip_cli.hub import resolve_model
+from siglip_cli.layouts import convert_transformers, for_model
 
 from conftest import TINY, build_checkpoint
 
@@ -24,7 +25,15 @@ from conftest import TINY, build_checkpoint
     ("something.else", "something.else"),
 ])
 def test_map_checkpoint_key(name, key):
-    assert map_checkpoint_key(name) == key
+    # One name through the whole-dict conversion, then only the parts a vision model has.
+    vision_keys = SiglipVisionModel(SiglipVisionConfig(**TINY)).state_dict()
+    assert list(for_model(convert_transformers({name: 0}), vision_keys)) == ([key] if key else [])
+
+
+def map_checkpoint_key(name: str) -> str | None:
+    """A transformers name -> the vision model's key (None: not the vision tower's), as test_map_checkpoint_key
+    shows the conversion does it."""
+    return next(iter(for_model(convert_transformers({name: 0}), ["vision_model.x"])), None)
 
 
 def _assert_same_weights(model: SiglipVisionModel, ref: torch.nn.Module):
@@ -273,3 +282,57 @@ def test_shards_in_the_hf_cache_are_symlinks_out_of_the_folder_and_load(patch14_
     (snapshot / "model.safetensors.index.json").unlink()
     (snapshot / "model.safetensors.index.json").write_text(json.dumps(index))
     _assert_same_weights(SiglipVisionModel.from_pretrained(str(snapshot)), ref)
+
+
+def test_full_checkpoint_config_keeps_the_text_tower(tmp_path):
+    from conftest import TINY_TEXT
+    from siglip_cli.checkpoint import read_config
+
+    build_checkpoint(tmp_path, TINY, layout="full")
+    text = read_config(tmp_path).text_config
+    assert {k: getattr(text, k) for k in TINY_TEXT} == TINY_TEXT
+    assert text.projection_size == TINY_TEXT["hidden_size"]
+
+
+def test_a_foreign_config_is_refused_before_any_weight_is_read(tmp_path):
+    build_checkpoint(tmp_path, TINY)
+    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_siglip_224",
+                                                      "num_classes": 0}))
+    with pytest.raises(CheckpointError, match=r"config.json: not a SigLIP config: none of its keys \(architecture, "
+                                              r"num_classes\) is a SigLIP one"):
+        SiglipVisionModel.from_pretrained(str(tmp_path))
+
+
+def test_loading_and_checks_take_the_model_class(tmp_path):
+    """The target model's own keys decide what is read: a class holding only the patch embedding gets those
+    tensors, and the strict check names the rest of the checkpoint as unexpected."""
+    from torch import nn
+
+    from siglip_cli.model import SiglipVisionEmbeddings
+    from siglip_cli.weights import check_checkpoint, load_model
+
+    class PatchEmbedding(nn.Module):
+        config_class = SiglipVisionModel.config_class
+
+        def __init__(self, config):
+            super().__init__()
+            self.vision_model = nn.Module()
+            self.vision_model.embeddings = SiglipVisionEmbeddings(config)
+
+    ref = build_checkpoint(tmp_path, TINY, layout="full")
+    with pytest.raises(CheckpointError, match=r"unexpected keys: vision_model\.encoder\.layers\.0\."):
+        check_checkpoint(tmp_path, PatchEmbedding)
+    assert check_checkpoint(tmp_path, SiglipVisionModel) == SiglipVisionConfig(**TINY)
+    model = load_model(SiglipVisionModel, tmp_path)
+    _assert_same_weights(model, ref)
+
+
+def test_a_conversion_can_transform_tensors_and_nothing_is_read_until_needed():
+    from siglip_cli.layouts import Lazy, derive
+
+    reads = []
+    qkv = Lazy(lambda: torch.empty(6, 4, device="meta"), lambda: reads.append("qkv") or torch.arange(24.0).view(6, 4))
+    q, k, v = (derive(lambda t, i=i: t.chunk(3)[i], qkv) for i in range(3))  # a fused qkv, split
+    kernel = derive(lambda t: t.t(), k)  # and a transposed kernel
+    assert (q.shape, kernel.shape) == ((2, 4), (4, 2)) and reads == []  # shapes from the header alone
+    assert torch.equal(kernel.read(), torch.arange(8.0, 16.0).view(2, 4).t()) and reads == ["qkv"]
