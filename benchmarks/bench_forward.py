@@ -66,7 +66,7 @@ def main() -> None:
     import transformers
 
     from siglip_cli.model import SiglipVisionModel
-    from siglip_cli.precision import quantize_int8, to_dtype
+    from siglip_cli.precision import set_precision
 
     transformers.logging.set_verbosity_error()
     device, dtype = torch.device(args.device), DTYPES[args.dtype]
@@ -79,7 +79,9 @@ def main() -> None:
             from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
             SiglipImageProcessorPil(image_mean=[0.5] * 3, image_std=[0.5] * 3).save_pretrained(checkpoint)
 
-        ours = to_dtype(SiglipVisionModel.from_pretrained(str(checkpoint)), args.dtype).to(device).eval()
+        # What users run: the precision layer also swaps in the fast CPU tanh-GELU.
+        ours = set_precision(SiglipVisionModel.from_pretrained(str(checkpoint)).to(device), args.dtype, "none",
+                             device).eval()
         hf = transformers.SiglipVisionModel.from_pretrained(checkpoint, attn_implementation="sdpa",
                                                             dtype=dtype).to(device).eval()
         size = ours.config.image_size
@@ -93,7 +95,7 @@ def main() -> None:
             tm = tm.to(device=device, dtype=dtype).eval()
             models["timm"] = lambda: tm.forward_features(x)
         if device.type == "cpu" and args.dtype == "float32":
-            q = quantize_int8(SiglipVisionModel.from_pretrained(str(checkpoint)).eval())
+            q = set_precision(SiglipVisionModel.from_pretrained(str(checkpoint)), "float32", "int8", device).eval()
             models["siglip --quantize int8"] = lambda: q(x)
 
         times: dict[str, list[float]] = {k: [] for k in models}

@@ -2,6 +2,9 @@
 
 Class names follow the seed documents; attribute names equal the Hugging Face checkpoint keys
 (`vision_model.encoder.layers.0.self_attn.q_proj.weight` ...), so a checkpoint loads with strict=True.
+The encoder pieces (attention, MLP, layer, encoder, LayerNorm) read only the sizes both towers' configs
+share (hidden_size, intermediate_size, num_attention_heads, num_hidden_layers, layer_norm_eps,
+attention_dropout, hidden_act), so the text tower is built from the same blocks.
 
 Shape legend for the comments below:
     B batch, C channels (3), H/W image height/width in pixels, P patch size,
@@ -17,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import GELU_APPROXIMATE, SiglipVisionConfig, check_image_size
+from .choices import POOLS
+from .config import GELU_APPROXIMATE, SiglipTextConfig, SiglipVisionConfig, check_image_size
 from .errors import UsageError
 
-POOL_MODES = ("none", "map", "mean")
-NO_HEAD = ("this checkpoint has no attention-pooling head (vision_use_head: false): "
-           "use --pool mean or --pool none")
+POOL_MODES = POOLS
 
 
 class _Embedding(nn.Embedding):
@@ -91,13 +93,13 @@ class SiglipVisionEmbeddings(nn.Module):
 
 
 class SiglipAttention(nn.Module):
-    """Multi-head self-attention over the patch tokens (no mask: every patch sees every patch).
+    """Multi-head self-attention (no mask: every token sees every token).
 
-    Two paths share the same weights: the fused `scaled_dot_product_attention` (fast, the default)
-    and the explicit seed-document steps (`explicit = True`, or whenever a trace is recorded).
+    The attention core is the fused `scaled_dot_product_attention` (fast, the default) or the seed
+    documents' explicit steps (`explicit = True`, or whenever a trace is recorded); the weights are shared.
     """
 
-    def __init__(self, config: SiglipVisionConfig):
+    def __init__(self, config: SiglipVisionConfig | SiglipTextConfig):
         super().__init__()
         self.embed_dim = config.hidden_size
         self.num_heads = config.num_attention_heads
@@ -111,23 +113,8 @@ class SiglipAttention(nn.Module):
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
     def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
-        if self.explicit or trace is not None:
-            return self.forward_explicit(x, trace)
         B, N, D = x.shape
-        q = self.q_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, Dh)
-        k = self.k_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, Dh)
-        v = self.v_proj(x).view(B, N, self.num_heads, self.head_dim).transpose(1, 2)  # (B, h, N, Dh)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           scale=self.scale)  # (B, h, N, Dh)
-        y = y.transpose(1, 2).reshape(B, N, D)  # (B, N, D)
-        return self.out_proj(y)
-
-    def forward_explicit(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
-        """The seed documents' attention, one step at a time, each step recorded in `trace`."""
-        B, N, D = x.shape
-        q = self.q_proj(x)
-        k = self.k_proj(x)
-        v = self.v_proj(x)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         _record(trace, "q_states", q)
         _record(trace, "k_states", k)
         _record(trace, "v_states", v)
@@ -137,15 +124,19 @@ class SiglipAttention(nn.Module):
         _record(trace, "split_heads", q)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, h, N, Dh)
         _record(trace, "transpose_heads", q)
-        scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, Dh) @ (B, h, Dh, N) -> (B, h, N, N)
-        _record(trace, "scores", scores)
-        # Softmax in fp32 even under bf16/fp16: the row sums of N exponentials need the range.
-        weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
-        _record(trace, "softmax", weights)
-        weights = F.dropout(weights, p=self.dropout, training=self.training)
-        _record(trace, "dropout", weights)
-        y = weights @ v  # (B, h, N, N) @ (B, h, N, Dh) -> (B, h, N, Dh)
-        _record(trace, "weighted_sum", y)
+        if trace is None and not self.explicit:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                               scale=self.scale)  # (B, h, N, Dh)
+        else:  # the same attention, one recorded step at a time
+            scores = (q @ k.transpose(-2, -1)) * self.scale  # (B, h, N, Dh) @ (B, h, Dh, N) -> (B, h, N, N)
+            _record(trace, "scores", scores)
+            # Softmax in fp32 even under bf16/fp16: the row sums of N exponentials need the range.
+            weights = scores.softmax(dim=-1, dtype=torch.float32).to(q.dtype)
+            _record(trace, "softmax", weights)
+            weights = F.dropout(weights, p=self.dropout, training=self.training)
+            _record(trace, "dropout", weights)
+            y = weights @ v  # (B, h, N, N) @ (B, h, N, Dh) -> (B, h, N, Dh)
+            _record(trace, "weighted_sum", y)
         y = y.transpose(1, 2)  # (B, N, h, Dh)
         _record(trace, "transpose_back", y)
         y = y.reshape(B, N, D)  # (B, N, D)
@@ -155,61 +146,18 @@ class SiglipAttention(nn.Module):
         return y
 
 
-_GELU_K = 2 * math.sqrt(2 / math.pi)
-_GELU_BLOCK = 2**18  # elements per block: 1 MiB of float32, measured fastest on 2 cores
-
-
-class TanhGELU(nn.GELU):
-    """GELU with the tanh approximation, 0.5 x (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3).
-
-    On CPU without autograd it is computed as x * sigmoid(2z), the same function (1 + tanh(z) =
-    2 sigmoid(2z)), in row blocks that stay in cache, and in place when the caller allows: faster
-    than PyTorch's tanh-GELU kernel on CPU, and equal to it within 5e-7. Elsewhere it is nn.GELU.
-    """
-
-    def __init__(self):
-        super().__init__(approximate="tanh")
-
-    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or x.numel() == 0 \
-                or x.dim() == 0:
-            return super().forward(x)
-        if not x.is_contiguous():
-            x, inplace = x.contiguous(), True  # a fresh copy: ours to overwrite
-        out = x if inplace else torch.empty_like(x)
-        width = x.shape[-1]
-        block = max(1, _GELU_BLOCK // width)  # rows per block
-        for a, y in zip(x.view(-1, width).split(block), out.view(-1, width).split(block)):
-            z = torch.addcmul(a, a, a * a, value=0.044715)  # x + 0.044715 x^3
-            torch.mul(a, z.mul_(_GELU_K).sigmoid_(), out=y)
-        return out
-
-
-def _has_forward_hooks(*modules: nn.Module) -> bool:
-    """Whether a forward hook (on these modules, or a global one) would be handed their tensors."""
-    from torch.nn.modules import module as _module
-
-    return bool(_module._global_forward_hooks) or any(m._forward_hooks for m in modules)
-
-
 class SiglipMLP(nn.Module):
-    def __init__(self, config: SiglipVisionConfig):
+    def __init__(self, config: SiglipVisionConfig | SiglipTextConfig):
         super().__init__()
         # SigLIP checkpoints use the tanh approximation of GELU (hidden_act "gelu_pytorch_tanh").
-        approximate = GELU_APPROXIMATE[config.hidden_act]
-        self.activation_fn = TanhGELU() if approximate == "tanh" else nn.GELU()
+        self.activation_fn = nn.GELU(approximate=GELU_APPROXIMATE[config.hidden_act])
         self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
         self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
 
     def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
         x = self.fc1(x)  # (B, N, F)
         _record(trace, "fc1", x)
-        # fc1's output is this function's own unless a trace or a forward hook sees it: then overwrite
-        # it rather than allocate a second (B, N, F).
-        if isinstance(self.activation_fn, TanhGELU):
-            x = self.activation_fn(x, inplace=trace is None and not _has_forward_hooks(self.fc1, self.activation_fn))
-        else:
-            x = self.activation_fn(x)
+        x = self.activation_fn(x)
         _record(trace, "gelu", x)
         x = self.fc2(x)  # (B, N, D)
         _record(trace, "fc2", x)
@@ -219,7 +167,7 @@ class SiglipMLP(nn.Module):
 class SiglipEncoderLayer(nn.Module):
     """Pre-norm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
 
-    def __init__(self, config: SiglipVisionConfig):
+    def __init__(self, config: SiglipVisionConfig | SiglipTextConfig):
         super().__init__()
         self.layer_norm1 = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.self_attn = SiglipAttention(config)
@@ -239,7 +187,7 @@ class SiglipEncoderLayer(nn.Module):
 
 
 class SiglipEncoder(nn.Module):
-    def __init__(self, config: SiglipVisionConfig):
+    def __init__(self, config: SiglipVisionConfig | SiglipTextConfig):
         super().__init__()
         self.layers = nn.ModuleList(SiglipEncoderLayer(config) for _ in range(config.num_hidden_layers))
 
@@ -303,6 +251,8 @@ class SiglipVisionModel(nn.Module):
     (any multiple of the patch size) use interpolated position embeddings.
     """
 
+    config_class = SiglipVisionConfig  # the part of a checkpoint's config this model is built from
+
     def __init__(self, config: SiglipVisionConfig | None = None):
         super().__init__()
         self.config = config or SiglipVisionConfig()
@@ -327,7 +277,8 @@ class SiglipVisionModel(nn.Module):
             return patch_embeddings.mean(dim=1)  # (B, D)
         if pool == "map":
             if not self.has_head:
-                raise UsageError(NO_HEAD)
+                raise UsageError("this model has no attention-pooling head (vision_use_head: false): "
+                                 "pool with 'mean' or 'none'")
             return self.vision_model.head(patch_embeddings)  # (B, D)
         raise UsageError(f"unknown pool {pool!r}: use one of {', '.join(POOL_MODES)}")
 
@@ -335,7 +286,7 @@ class SiglipVisionModel(nn.Module):
         """Patch embeddings (pool="none", (B, N, D)) or one vector per image ("map"/"mean", (B, D))."""
         return self.pool(self(pixel_values), pool)
 
-    def use_explicit_attention(self, explicit: bool = True) -> "SiglipVisionModel":
+    def use_explicit_attention(self, explicit: bool = True) -> SiglipVisionModel:
         """Switch every layer to the step-by-step attention path (for learning) or back to fused."""
         for module in self.modules():
             if isinstance(module, SiglipAttention):
@@ -343,7 +294,7 @@ class SiglipVisionModel(nn.Module):
         return self
 
     @classmethod
-    def random_init(cls, config: SiglipVisionConfig | None = None, seed: int = 0) -> "SiglipVisionModel":
+    def random_init(cls, config: SiglipVisionConfig | None = None, seed: int = 0) -> SiglipVisionModel:
         """The untrained model with PyTorch's default initialisation, reproducibly seeded."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -353,13 +304,14 @@ class SiglipVisionModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                        offline: bool = False, note=None, cache_dir=None) -> "SiglipVisionModel":
+                        offline: bool = False, note=None, cache_dir=None) -> SiglipVisionModel:
         """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id (id@revision works too).
 
         A hub id comes from the local cache, and is downloaded (and verified) first when it is not
         there, unless offline=True or HF_HUB_OFFLINE=1.
         """
-        from .weights import load_model, resolve_model
+        from .hub import resolve_model
+        from .weights import load_model
 
         source = resolve_model(path_or_id, revision, offline=offline, note=note, cache_dir=cache_dir)
-        return load_model(source, dtype=dtype)
+        return load_model(cls, source, dtype=dtype)

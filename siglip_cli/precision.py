@@ -5,24 +5,91 @@
     --quantize int8           every Linear layer's weights in int8 (per output channel) and its
                               inputs quantized per batch at run time: ~1.5x faster on x86 CPUs,
                               approximate (cosine ~0.9997 to float32, see the README).
+
+Whatever the precision (to_dtype, quantize_int8, set_precision), the MLPs get a faster CPU tanh-GELU
+(FastMLP, TanhGELU): the same function within 5e-7, in cache-sized blocks, in place where no trace or
+hook sees fc1's output. It takes its fast path only where it applies (CPU, float32, no autograd).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 
+from . import choices
+from .choices import QUANTIZE
 from .errors import UsageError
-from .model import LayerNorm, SiglipVisionModel
+from .model import LayerNorm, SiglipMLP, SiglipVisionModel
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-QUANTIZE = ("none", "int8")
+DTYPES = {name: getattr(torch, name) for name in choices.DTYPES}  # "float32" -> torch.float32 ...
+
+_GELU_K = 2 * math.sqrt(2 / math.pi)
+_GELU_BLOCK = 2**18  # elements per block: 1 MiB of float32, measured fastest on 2 cores
+
+
+class TanhGELU(nn.GELU):
+    """GELU with the tanh approximation, 0.5 x (1 + tanh(z)) with z = sqrt(2/pi) (x + 0.044715 x^3).
+
+    On CPU without autograd it is computed as x * sigmoid(2z), the same function (1 + tanh(z) =
+    2 sigmoid(2z)), in row blocks that stay in cache, and in place when the caller allows: faster
+    than PyTorch's tanh-GELU kernel on CPU, and equal to it within 5e-7. Elsewhere it is nn.GELU.
+    """
+
+    def __init__(self):
+        super().__init__(approximate="tanh")
+
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        if x.device.type != "cpu" or x.dtype != torch.float32 or torch.is_grad_enabled() or x.numel() == 0 \
+                or x.dim() == 0:
+            return super().forward(x)
+        if not x.is_contiguous():
+            x, inplace = x.contiguous(), True  # a fresh copy: ours to overwrite
+        out = x if inplace else torch.empty_like(x)
+        width = x.shape[-1]
+        block = max(1, _GELU_BLOCK // width)  # rows per block
+        for a, y in zip(x.view(-1, width).split(block), out.view(-1, width).split(block)):
+            z = torch.addcmul(a, a, a * a, value=0.044715)  # x + 0.044715 x^3
+            torch.mul(a, z.mul_(_GELU_K).sigmoid_(), out=y)
+        return out
+
+
+def _has_forward_hooks(*modules: nn.Module) -> bool:
+    """Whether a forward hook (on these modules, or a global one) would be handed their tensors."""
+    return bool(_module._global_forward_hooks) or any(m._forward_hooks for m in modules)
+
+
+class FastMLP(SiglipMLP):
+    """SiglipMLP with TanhGELU, which overwrites fc1's output rather than allocate a second (B, N, F).
+
+    fc1's output is this forward's own unless a trace or a forward hook sees it: then it is SiglipMLP's
+    forward (TanhGELU out of place).
+    """
+
+    def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
+        if trace is not None or _has_forward_hooks(self.fc1, self.activation_fn):
+            return super().forward(x, trace)
+        return self.fc2(self.activation_fn(self.fc1(x), inplace=True))  # (B, N, F) -> (B, N, D)
+
+
+def use_fast_gelu(model: nn.Module) -> nn.Module:
+    """Give every tanh-GELU SiglipMLP the fast CPU GELU (in place).
+
+    Only the classes change: parameters, state-dict keys and hooks stay as they are.
+    """
+    for module in model.modules():
+        if type(module) is SiglipMLP and type(module.activation_fn) is nn.GELU \
+                and module.activation_fn.approximate == "tanh":
+            module.__class__ = FastMLP
+            module.activation_fn.__class__ = TanhGELU
+    return model
 
 
 def to_dtype(model: SiglipVisionModel, dtype: str) -> SiglipVisionModel:
-    """Cast the model's weights to dtype, except LayerNorm's, which stay float32 (in place)."""
+    """Cast the model's weights to dtype, except LayerNorm's, which stay float32, with the fast GELU (in place)."""
     if dtype not in DTYPES:
         raise UsageError(f"unknown --dtype {dtype!r}: use one of {', '.join(DTYPES)}")
     target = DTYPES[dtype]
@@ -31,7 +98,7 @@ def to_dtype(model: SiglipVisionModel, dtype: str) -> SiglipVisionModel:
         for p in model.parameters():
             if id(p) not in keep and p.is_floating_point() and p.dtype != target:
                 p.data = p.data.to(target)
-    return model
+    return use_fast_gelu(model)
 
 
 def quantize_int8(model: SiglipVisionModel) -> SiglipVisionModel:
@@ -52,6 +119,7 @@ def quantize_int8(model: SiglipVisionModel) -> SiglipVisionModel:
     engines = torch.backends.quantized.supported_engines
     if not [e for e in engines if e != "none"]:
         raise UsageError("--quantize int8: this torch build has no int8 CPU kernels: use --quantize none")
+    use_fast_gelu(model)  # the activations stay float32: the fast path applies
     previous = torch.backends.quantized.engine
     try:
         if "onednn" in engines:
@@ -80,6 +148,6 @@ def check_precision(dtype: str, quantize: str, device: str) -> None:
 
 
 def set_precision(model: SiglipVisionModel, dtype: str, quantize: str, device: torch.device) -> SiglipVisionModel:
-    """Apply --dtype and --quantize (in place) for a model that runs on device."""
+    """Apply --dtype and --quantize (in place) for a model that runs on device, with the fast GELU."""
     check_precision(dtype, quantize, device.type)
     return quantize_int8(model) if quantize == "int8" else to_dtype(model, dtype)

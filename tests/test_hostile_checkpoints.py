@@ -194,7 +194,7 @@ def test_hostile_checkpoint_is_one_error_line_in_seconds(case, good, tmp_path):
 def test_verify_refuses_the_same_checkpoints(case, good, tmp_path):
     # download-weights --verify reads config.json and the safetensors headers only.
     with pytest.raises(CheckpointError):
-        check_checkpoint(make(good, tmp_path, case))
+        check_checkpoint(make(good, tmp_path, case), SiglipVisionModel)
 
 
 # One case of each kind through the real command (each costs a Python start-up, ~3 s here); the in-process

@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from siglip_cli import SiglipVisionConfig, SiglipVisionModel
+from siglip_cli.config import SiglipTextConfig
 from siglip_cli.errors import UsageError
+from siglip_cli.model import SiglipEncoder
 
 from conftest import PATCH14, TINY
 
@@ -107,3 +109,23 @@ def test_state_dict_keys_are_the_hugging_face_names():
               "vision_model.head.layernorm.weight", "vision_model.head.mlp.fc2.weight"]:
         assert k in keys
     assert len(keys) == 3 + 2 * 16 + 2 + 11  # embeddings, 2 layers, post_layernorm, head
+
+
+def test_pool_errors_name_no_command_line_option():
+    model = SiglipVisionModel.random_init(CONFIGS["nohead"])
+    patches = torch.randn(1, 16, 32)
+    for pool, message in (("map", "no attention-pooling head"), ("max", "unknown pool 'max': use one of none, map")):
+        with pytest.raises(UsageError, match=message) as error:
+            model.pool(patches, pool)
+        assert "--" not in str(error.value)
+
+
+def test_encoder_blocks_are_built_from_a_text_config_too():
+    text = SiglipTextConfig(vocab_size=50, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                            num_hidden_layers=3, max_position_embeddings=16)
+    encoder = SiglipEncoder(text)
+    trace: dict = {}
+    with torch.no_grad():
+        y = encoder(torch.randn(2, 16, 32), trace=trace, trace_layer=2)
+    assert len(encoder.layers) == 3 and y.shape == (2, 16, 32)
+    assert list(trace["scores"].shape) == [2, 4, 16, 16] and list(trace["fc1"].shape) == [2, 16, 37]

@@ -7,8 +7,8 @@ from torch import nn
 from siglip_cli import SiglipVisionConfig, SiglipVisionModel
 from siglip_cli.embed import Embedder
 from siglip_cli.errors import UsageError
-from siglip_cli.model import LayerNorm, TanhGELU
-from siglip_cli.precision import quantize_int8, set_precision, to_dtype
+from siglip_cli.model import LayerNorm, SiglipMLP
+from siglip_cli.precision import FastMLP, TanhGELU, quantize_int8, set_precision, to_dtype, use_fast_gelu
 
 from conftest import SAMPLES, TINY
 
@@ -100,7 +100,7 @@ def test_precision_combinations_that_cannot_work_are_usage_errors():
 
 def test_in_place_gelu_never_overwrites_a_traced_tensor():
     cfg = SiglipVisionConfig(**TINY)
-    model = SiglipVisionModel.random_init(cfg)
+    model = use_fast_gelu(SiglipVisionModel.random_init(cfg))
     trace: dict = {}
     with torch.inference_mode():
         model.vision_model(torch.randn(1, 3, 32, 32), trace=trace)
@@ -111,7 +111,7 @@ def test_in_place_gelu_never_overwrites_a_traced_tensor():
 
 
 def test_forward_hooks_on_fc1_see_fc1s_output_not_the_gelu():
-    model = SiglipVisionModel.random_init(SiglipVisionConfig(**TINY))
+    model = use_fast_gelu(SiglipVisionModel.random_init(SiglipVisionConfig(**TINY)))
     mlp = model.vision_model.encoder.layers[0].mlp
     seen = {}
     mlp.fc1.register_forward_hook(lambda module, args, out: seen.update(fc1_in=args[0], fc1_out=out))
@@ -119,3 +119,21 @@ def test_forward_hooks_on_fc1_see_fc1s_output_not_the_gelu():
         model(torch.randn(1, 3, 32, 32))
         expected = F.linear(seen["fc1_in"], mlp.fc1.weight, mlp.fc1.bias)
     torch.testing.assert_close(seen["fc1_out"], expected)
+
+
+@pytest.mark.parametrize("dtype, quantize", [("float32", "none"), ("bfloat16", "none"), ("float32", "int8")])
+def test_set_precision_swaps_in_the_fast_gelu_keeping_the_weights(dtype, quantize):
+    cfg = SiglipVisionConfig(**TINY)
+    plain = SiglipVisionModel.random_init(cfg)
+    fast = set_precision(SiglipVisionModel.random_init(cfg), dtype, quantize, torch.device("cpu"))
+    mlps = [m for m in fast.modules() if isinstance(m, SiglipMLP)]
+    assert len(mlps) == cfg.num_hidden_layers + 1  # one per layer, the head's
+    assert all(type(m) is FastMLP and type(m.activation_fn) is TanhGELU for m in mlps)
+    if quantize == "none" and dtype == "float32":
+        assert list(fast.state_dict()) == list(plain.state_dict())
+        x = torch.randn(2, 3, 32, 32)
+        with torch.inference_mode():
+            a, b = plain.embed(x, "map"), fast.embed(x, "map")
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    erf = SiglipVisionModel.random_init(SiglipVisionConfig(**TINY, hidden_act="gelu"))
+    assert not any(isinstance(m, FastMLP) for m in use_fast_gelu(erf).modules())  # exact GELU is left alone
