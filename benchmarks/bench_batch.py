@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -44,8 +43,6 @@ with torch.inference_mode():
         for p, h in zip(batch, hidden):
             np.save(Path(out) / (p.name + ".npy"), h)
 """
-
-
 
 
 def peak_rss_of(cmd: list[str]) -> tuple[float, float]:

@@ -4,7 +4,9 @@
     from siglip_cli.batch import embed_to
     summary = embed_to(Embedder.load(pool="map"), ["photos/"], "out/")   # out/<tree>/<name>.npy
 
-The CLI is a thin shell over `embed_to`; notebooks can call it, or `Embedder.embed` for arrays.
+A run is a plan (plan.py: inputs, output, the resume filter), the Embedder's two stages (decode on
+threads, the model in batches) and the writers, in input order. The CLI plans with plan_embed and runs
+with run_plan; notebooks call embed_to, or `Embedder.embed` for arrays.
 """
 
 from __future__ import annotations
@@ -12,23 +14,20 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
-import os
-import stat
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from .atomic import check_folder_writable, special_kind
+from .choices import OUT_DTYPES
 from .console import unicode_text
-from .embed import Embedder, Result
+from .embed import Embedder, Result, default_workers
 from .errors import ImageError, OutputError, OutputGoneError, UsageError
-from .inputs import Input, collect
-from .writers import (FORMATS, StackedWriter, atomic_write_bytes, check_inside, check_output_file, check_writable,
-                      destination, output_path_for, write_embeddings)
-
-OUT_DTYPES = ("float32", "float16")
+from .inputs import Input
+from .plan import Plan, Step, check_report, existing_output, is_folder_output, plan_items, resume  # noqa: F401
+from .writers import StackedWriter, atomic_write_bytes, check_inside, output_path_for, write_embeddings
 
 
 @dataclass
@@ -54,9 +53,9 @@ class Summary:
         return f"{self.embedded} embedded, {self.skipped} skipped (output exists), {self.failed} failed"
 
 
-def is_folder_output(out: Path) -> bool:
-    """`-o DIR/` (trailing slash) or an existing directory means one file per image."""
-    return str(out).endswith(("/", "\\")) or Path(out).is_dir()
+def check_out_dtype(out_dtype: str) -> None:
+    if out_dtype not in OUT_DTYPES:
+        raise UsageError(f"unknown --out-dtype {out_dtype!r}: use float32 or float16")
 
 
 def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str | Path, *,
@@ -70,32 +69,27 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
     fail_fast. With a file output, `stack` says whether rows are stacked [B, ...] (default: unless
     there is exactly one input).
     """
-    fmt = fmt if fmt.startswith(".") else "." + fmt
-    if out_dtype not in OUT_DTYPES:
-        raise UsageError(f"unknown --out-dtype {out_dtype!r}: use float32 or float16")
-    if fmt not in FORMATS:
-        raise UsageError(f"unknown --format {fmt!r}: use npy or safetensors")
-    inputs = list(inputs)
-    items = inputs if all(isinstance(i, Input) for i in inputs) else collect([str(i) for i in inputs])
-    folder = is_folder_output(out)
-    out = Path(out)
-    if folder:
-        check_folder_writable(out)
-    else:
-        check_output_file(out)
-    if report is not None:
-        check_report(Path(report), out, folder, items, fmt)
-    run = _Run(embedder, items, out, folder, fmt, np.dtype(out_dtype), overwrite, fail_fast, on_outcome,
-               stack if stack is not None else len(items) != 1)
+    check_out_dtype(out_dtype)
+    plan = plan_items(inputs, out, fmt=fmt, report=report, stack=stack)
+    return run_plan(embedder, plan, out_dtype=out_dtype, overwrite=overwrite, fail_fast=fail_fast,
+                    batch_size=batch_size, workers=workers, on_outcome=on_outcome)
+
+
+def run_plan(embedder: Embedder, plan: Plan, *, out_dtype: str = "float32", overwrite: bool = False,
+             fail_fast: bool = False, batch_size: int = 8, workers: int | None = None,
+             on_outcome: Callable[[Outcome], None] | None = None) -> Summary:
+    """Run a plan (plan.plan_embed, plan.plan_items): its report is written however the run ends."""
+    check_out_dtype(out_dtype)
+    run = _Run(embedder, plan, np.dtype(out_dtype), overwrite, fail_fast, on_outcome)
     try:
         summary = run.go(batch_size, workers)
     except BaseException:
-        if report is not None:
+        if plan.report is not None:
             with contextlib.suppress(OutputError):  # the run's own error is the one to show
-                write_report(Path(report), run.records())
+                write_report(plan.report, run.records())
         raise
-    if report is not None:
-        write_report(Path(report), run.records())
+    if plan.report is not None:
+        write_report(plan.report, run.records())
     return summary
 
 
@@ -104,94 +98,41 @@ def write_report(path: Path, records: list[str]) -> None:
     atomic_write_bytes(path, "".join(line + "\n" for line in records).encode(), through=True)
 
 
-def check_report(report: Path, out: Path, folder: bool, items: list[Input], fmt: str = ".npy",
-                 protected: Iterable[str | Path] = ()) -> None:
-    """--report must never overwrite an input, the output, its sidecar, a folder-mode output or a
-    folder one needs, or another file of the run (`protected`: the --files-from list, a checkpoint
-    folder and everything in it): refused before any work, and before any folder is created for it."""
-    real = os.path.realpath(report)
-    if folder:
-        inside = os.path.relpath(real, os.path.realpath(out))
-        taken = set()
-        if inside != ".." and not inside.startswith("../"):
-            for item in items:
-                target = output_path_for(Path("."), item.rel, fmt)
-                taken.add(target.as_posix())
-                taken.update(p.as_posix() for p in target.parents)
-        clash = inside in taken
-    else:
-        real_out = destination(out)[0]
-        clash = real in (str(real_out), f"{real_out}.json")
-    for p in protected:
-        clash = clash or (os.path.isdir(p) and Path(os.path.realpath(p)) in Path(real).parents)
-    if not clash and os.path.isfile(report):
-        clash = any(_same(report, p) for p in [*protected, *(item.path for item in items)])
-    if clash:
-        raise UsageError(f"--report {str(report)!r} would overwrite an input or an output of this run: give the "
-                         "report another name")
-    check_writable(report, through=True)
+def embedded_in_order(embedder: Embedder, steps: Iterable[Step], batch_size: int = 8,
+                      workers: int | None = None) -> Iterator[tuple[Step, Result | None]]:
+    """Each step in order, with the Embedder's Result for those to embed (None for the others): only
+    inputs to embed reach the decoding threads and the model."""
+    waiting: deque[Step] = deque()
 
+    def to_embed() -> Iterator[Input]:
+        for step in steps:
+            waiting.append(step)
+            if step.status == "embed":
+                yield step.item
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+    for result in embedder.embed_iter(to_embed(), batch_size, workers):
+        while waiting[0].status != "embed":
+            yield waiting.popleft(), None
+        yield waiting.popleft(), result
+    while waiting:
+        yield waiting.popleft(), None
 
 
 class _Run:
-    def __init__(self, embedder, items, out, folder, fmt, dtype, overwrite, fail_fast, on_outcome, stack):
-        self.embedder, self.out, self.folder = embedder, out, folder
-        self.fmt, self.dtype, self.overwrite, self.fail_fast = fmt, dtype, overwrite, fail_fast
+    def __init__(self, embedder: Embedder, plan: Plan, dtype: np.dtype, overwrite: bool, fail_fast: bool,
+                 on_outcome: Callable[[Outcome], None] | None):
+        self.embedder, self.plan, self.out, self.folder = embedder, plan, plan.output, plan.folder
+        self.dtype, self.overwrite, self.fail_fast = dtype, overwrite, fail_fast
         self.on_outcome = on_outcome
         self.summary = Summary(dtype=dtype.name)
         self.outcomes: list[Outcome] = []
         self.metadata = {**embedder.metadata(), "dtype": dtype.name}
-        self.items = self._no_collisions(items) if folder else items
-        self.single = not folder and not stack
         self.stacked = None
-        if not folder and not self.single:
-            self.stacked = StackedWriter(out, len(items), self.metadata)
-
-    def _no_collisions(self, items: list[Input]) -> list[Input]:
-        """Two inputs whose outputs would be the same file, or a file and a folder (`k.npy` and
-        `k.npy/q.png.npy`): the later one fails, nothing is overwritten or wrongly skipped."""
-        files: dict[str, Input] = {}  # output file -> its input
-        folders: dict[str, Input] = {}  # folder some output needs -> the first input needing it
-        out = []
-        for item in items:
-            if item.error is None:
-                target = self.target(item)
-                key = os.path.normcase(str(target))
-                parents = [os.path.normcase(str(p)) for p in target.parents if self.out in p.parents]
-                if key in files:
-                    clash = f"would overwrite that of {files[key].path}"
-                else:
-                    other = folders.get(key) or next((files[p] for p in parents if p in files), None)
-                    clash = other and f"and that of {other.path} need the same path as a file and as a folder"
-                if clash:
-                    item = Input(item.path, item.rel, f"its output {target} {clash}: embed them into separate "
-                                                      "folders")
-                else:
-                    files[key] = item
-                    for p in parents:
-                        folders.setdefault(p, item)
-            out.append(item)
-        return out
+        if not plan.folder and not plan.single:
+            self.stacked = StackedWriter(plan.output, len(plan.items), self.metadata)
 
     def target(self, item: Input) -> Path:
-        return output_path_for(self.out, item.rel, self.fmt)
-
-    def skip(self, item: Input) -> bool:
-        """On a worker thread: True when the item's output already exists (resume)."""
-        if item.error is not None:
-            raise ImageError(str(item.path), item.error)
-        if not self.folder or self.overwrite:
-            return False
-        try:
-            return _existing_output(self.target(item))
-        except OutputError as e:
-            raise ImageError(str(item.path), str(e)) from None
+        return output_path_for(self.out, item.rel, self.plan.fmt)
 
     def record(self, outcome: Outcome) -> None:
         setattr(self.summary, outcome.status, getattr(self.summary, outcome.status) + 1)
@@ -217,19 +158,21 @@ class _Run:
                 raise OutputError(f"cannot create {target.parent}: {e.strerror or e}") from None
             check_inside(self.out, target)
             if self.overwrite:
-                _existing_output(target)  # a symlink or folder there is never replaced
+                existing_output(target)  # a symlink or folder there is never replaced
             write_embeddings(target, row, {**self.metadata, "source": source})
             return str(target)
-        if self.single:
+        if self.plan.single:
             self.summary.outputs = write_embeddings(self.out, row, {**self.metadata, "source": source})
             return str(self.out)
         self.stacked.add(row, source)
         return str(self.out)
 
     def go(self, batch_size: int, workers: int | None) -> Summary:
+        workers = default_workers() if workers is None else workers
+        steps = resume(self.plan.items, self.out if self.folder else None, self.plan.fmt, self.overwrite, workers)
         try:
-            for r in self.embedder.embed_iter(self.items, batch_size, workers, skip=self.skip):
-                self.handle(r)
+            for step, result in embedded_in_order(self.embedder, steps, batch_size, workers):
+                self.handle(step, result)
             if self.stacked is not None:
                 self.summary.outputs = self.stacked.finish()
                 if self.summary.shape:
@@ -245,14 +188,15 @@ class _Run:
             raise
         return self.summary
 
-    def handle(self, r: Result) -> None:
-        item: Input = r.item
-        if r.skipped:
-            self.record(Outcome(str(item.path), "skipped", output=str(self.target(item))))
-        elif r.error is not None:
-            self.record(Outcome(str(item.path), "failed", reason=r.error))
+    def handle(self, step: Step, r: Result | None) -> None:
+        item = step.item
+        error = step.reason if r is None else r.error
+        if step.status == "skipped":
+            self.record(Outcome(str(item.path), "skipped", output=str(step.output)))
+        elif error is not None:
+            self.record(Outcome(str(item.path), "failed", reason=error))
             if self.fail_fast:
-                raise ImageError(str(item.path), f"{r.error} (stopped by --fail-fast)")
+                raise ImageError(str(item.path), f"{error} (stopped by --fail-fast)")
         else:
             try:
                 output = self.write(item, r.embedding)
@@ -268,17 +212,3 @@ class _Run:
 
 
 _DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
-
-
-def _existing_output(target: Path) -> bool:
-    """True when `target` is a finished output file; an OutputError when something else stands there."""
-    try:
-        mode = os.lstat(target).st_mode
-    except FileNotFoundError:
-        return False
-    except OSError as e:
-        raise OutputError(f"cannot use output {target}: {e.strerror or e}") from None
-    if stat.S_ISREG(mode):
-        return True
-    what = "a folder" if stat.S_ISDIR(mode) else "a symlink" if stat.S_ISLNK(mode) else special_kind(mode)
-    raise OutputError(f"its output {target} is {what}, which siglip never replaces: move it away")

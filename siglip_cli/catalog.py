@@ -1,7 +1,8 @@
 """The released SigLIP and SigLIP 2 fixed-resolution checkpoints, for `siglip models`.
 
 Sizes come from config.PRESETS and TEXT_PRESETS (the one place they are written down); parameter
-counts from the configs (equal to the built models', tested), so listing needs no torch. Download sizes are estimates: the full checkpoint (vision + text tower, stored in float32)
+counts from the configs (equal to the built models', tested), so listing needs no torch. Download
+sizes are estimates: the full checkpoint (vision + text tower, stored in float32)
 is what the hub serves, so they are 4 bytes per parameter of both towers.
 """
 

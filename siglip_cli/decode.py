@@ -8,11 +8,14 @@ build and to send to another process.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import warnings
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -58,6 +61,30 @@ def _quiet_libtiff() -> None:
 
 
 _quiet_libtiff()
+
+
+def prefetch(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
+    """fn(item) for each item on `workers` threads, results in input order, at most `window` in flight.
+
+    Pillow and NumPy release the GIL while decoding and resizing, so threads overlap with the model.
+    """
+    if workers <= 0:
+        yield from map(fn, items)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="siglip-decode") as pool:
+        pending: deque = deque()
+        it = iter(items)
+        for item in itertools.islice(it, window):
+            pending.append(pool.submit(fn, item))
+        try:
+            while pending:
+                future = pending.popleft()
+                for item in itertools.islice(it, 1):
+                    pending.append(pool.submit(fn, item))
+                yield future.result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def draft_scale(size: tuple[int, int], least: int) -> int:
@@ -111,9 +138,15 @@ class DecodeBudget:
     """
 
     def __init__(self, limit: int | None = None):
+        self._asked = limit
         self.limit = default_decode_memory() if limit is None else int(limit)
         self.used = 0
         self._cv = threading.Condition()
+
+    def __reduce__(self):
+        # A budget is per process: a copy sent elsewhere starts empty, with its own lock (and the
+        # default of the machine it lands on, when none was given).
+        return DecodeBudget, (self._asked,)
 
     @contextlib.contextmanager
     def hold(self, nbytes: int, name: str, what: str):
@@ -129,6 +162,20 @@ class DecodeBudget:
             with self._cv:
                 self.used -= nbytes
                 self._cv.notify_all()
+
+
+_pillow_limit = threading.Lock()
+
+
+def _allow_pixels(max_pixels: int) -> None:
+    """Pillow refuses images over twice Image.MAX_IMAGE_PIXELS while opening, frames some formats hide
+    behind a small canvas too. That limit is shared by every thread and by the user's own code, so it is
+    only ever raised, to the largest --max-pixels asked for (never per image, never lowered, and left
+    alone when the user turned it off); the exact limit is checked in load_image."""
+    if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+        with _pillow_limit:
+            if Image.MAX_IMAGE_PIXELS is not None and Image.MAX_IMAGE_PIXELS < max_pixels:
+                Image.MAX_IMAGE_PIXELS = max_pixels
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -178,14 +225,15 @@ def load_image(path: str | Path, max_pixels: int = DEFAULT_MAX_PIXELS, draft: in
     try:
         if os.path.exists(path) and not os.path.isfile(path) and not os.path.isdir(path):
             raise ImageError(name, "not a regular file (a pipe, socket or device)")
-        # Pillow itself refuses images over twice this while opening (some formats hide huge frames);
-        # the size check below is the exact limit.
-        Image.MAX_IMAGE_PIXELS = max_pixels
+        _allow_pixels(max_pixels)
         image = Image.open(path)
         with image:
-            if image.width * image.height > max_pixels:
-                raise ImageError(name, f"too many pixels ({image.width}x{image.height} = "
-                                       f"{image.width * image.height:,} > --max-pixels {max_pixels:,})")
+            pixels = image.width * image.height
+            if pixels > 2 * max_pixels:  # where Pillow gives up while opening: the same refusal, at this limit
+                raise Image.DecompressionBombError(pixels)
+            if pixels > max_pixels:
+                raise ImageError(name, f"too many pixels ({image.width}x{image.height} = {pixels:,} > "
+                                       f"--max-pixels {max_pixels:,})")
             scale = draft_scale(image.size, draft) if draft else 1
             if scale > 1:  # draft() is a no-op for formats other than JPEG
                 image.draft(None, (image.width // scale, image.height // scale))

@@ -1,16 +1,17 @@
-"""Images -> embeddings: model, preprocessing and device together, for the CLI and for notebooks.
+"""Images -> embeddings: the decode stage and the model stage together, for the CLI and for notebooks.
 
     from siglip_cli.embed import Embedder
     emb = Embedder.load("google/siglip-base-patch16-224", pool="map")
     vectors = emb.embed(["a.jpg", "b.png"])          # (2, 768) float32 numpy
+
+The stages also work apart (a Ray actor, a process pool): `emb.decoder` (preprocess.Decoder) turns a
+file into (3, S, S) pixels with no model and pickles; `emb.embed_pixels` turns (B, 3, S, S) pixels into
+embeddings on the model's device; batch.py and writers.py write them.
 """
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -20,14 +21,17 @@ import torch
 from PIL import Image
 
 from . import __version__
-from .config import DEFAULT_MODEL_ID, check_image_size
+from .checkpoint import ModelSource
+from .choices import DEVICES, POOLS
+from .config import check_image_size
+from .decode import DEFAULT_MAX_PIXELS, prefetch
 from .errors import ImageError, UsageError
-from .model import NO_HEAD, POOL_MODES, SiglipVisionModel
+from .model import SiglipVisionModel
 from .precision import set_precision
-from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, DecodeBudget, load_image, to_rgb
-from .preprocess import Preprocessing, choose_preprocessing
+from .preprocess import Decoder, Preprocessing, choose_preprocessing
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
+NO_HEAD = ("this checkpoint has no attention-pooling head (vision_use_head: false): "
+           "use --pool mean or --pool none")
 
 
 def pick_device(device: str) -> torch.device:
@@ -62,71 +66,74 @@ def default_workers() -> int:
     return max(1, min(8, (os.cpu_count() or 1)))
 
 
-def prefetch(fn: Callable, items: Iterable, workers: int, window: int) -> Iterator:
-    """fn(item) for each item on `workers` threads, results in input order, at most `window` in flight.
-
-    Pillow and NumPy release the GIL while decoding and resizing, so threads overlap with the model.
-    """
-    if workers <= 0:
-        yield from map(fn, items)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="siglip-decode") as pool:
-        pending: deque = deque()
-        it = iter(items)
-        for item in itertools.islice(it, window):
-            pending.append(pool.submit(fn, item))
-        try:
-            while pending:
-                future = pending.popleft()
-                for item in itertools.islice(it, 1):
-                    pending.append(pool.submit(fn, item))
-                yield future.result()
-        finally:
-            for future in pending:
-                future.cancel()
+def check_load_options(model: object, random_init: bool, image_size: int | None) -> None:
+    """What Embedder.load refuses before any model is looked up (the CLI checks it before resolving)."""
+    if random_init and model is not None:
+        raise UsageError("use either --model or --random-init, not both")
+    if image_size is not None and image_size <= 0:
+        raise UsageError(f"--image-size must be positive, got {image_size}")
 
 
 class Embedder:
-    """A model on its device at its precision, with its preprocessing. dtype/quantize convert the
-    model passed in, in place (as --dtype/--quantize); exact_decode turns JPEG draft decoding off."""
+    """A model on its device at its precision (the model stage), with its Decoder (the decode stage).
+
+    dtype/quantize convert the model passed in, in place (as --dtype/--quantize); exact_decode turns
+    JPEG draft decoding off.
+    """
 
     def __init__(self, model: SiglipVisionModel, preprocessing: Preprocessing, pool: str = "none",
                  device: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "float32",
                  quantize: str = "none", exact_decode: bool = False, decode_memory: int | None = None):
-        if pool not in POOL_MODES:
-            raise UsageError(f"unknown --pool {pool!r}: use one of {', '.join(POOL_MODES)}")
+        if pool not in POOLS:
+            raise UsageError(f"unknown --pool {pool!r}: use one of {', '.join(POOLS)}")
         if pool == "map" and not model.has_head:
             raise UsageError(NO_HEAD)
         check_image_size(preprocessing.image_size, model.config)
         # int8 kernels are CPU kernels: "auto" means the CPU then, an explicit GPU is an error.
         self.device = pick_device("cpu" if quantize == "int8" and device == "auto" else device)
         self.model = set_precision(model.to(self.device), dtype, quantize, self.device).eval()
-        self.preprocessing = preprocessing
         self.pool = pool
-        self.max_pixels = max_pixels
         self.dtype, self.quantize = dtype, quantize
-        # JPEGs decode at reduced scale while >= DRAFT_GAP x the output size (see preprocess.DRAFT_GAP).
-        self.draft = None if exact_decode else preprocessing.image_size * DRAFT_GAP
-        # Decoded images in flight on all threads together stay under this many bytes (default: a
-        # quarter of the machine's memory, 2-8 GB): a tiny file can declare a huge image.
-        self.budget = DecodeBudget(decode_memory)
+        self.decoder = Decoder(preprocessing, max_pixels, exact_decode, decode_memory)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.decoder.preprocessing
+
+    @property
+    def max_pixels(self) -> int:
+        return self.decoder.max_pixels
+
+    @property
+    def draft(self) -> int | None:
+        return self.decoder.draft
+
+    @property
+    def budget(self):
+        return self.decoder.budget
 
     @classmethod
-    def load(cls, model: str | None = None, *, random_init: bool = False, pool: str = "none",
-             norm: str = "auto", image_size: int | None = None, device: str = "auto", offline: bool = False,
-             note=None, max_pixels: int = DEFAULT_MAX_PIXELS, cache_dir=None, dtype: str = "float32",
-             quantize: str = "none", exact_decode: bool = False, decode_memory: int | None = None) -> "Embedder":
-        """A hub id or checkpoint directory (default google/siglip-base-patch16-224, downloaded into the
-        Hugging Face cache when missing unless offline), or the seeded untrained base model."""
-        if random_init and model is not None:
-            raise UsageError("use either --model or --random-init, not both")
-        if image_size is not None and image_size <= 0:
-            raise UsageError(f"--image-size must be positive, got {image_size}")
+    def load(cls, model: str | Path | ModelSource | None = None, *, random_init: bool = False, pool: str = "none",
+             norm: str = "auto", image_size: int | None = None, device: str = "auto",
+             max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "float32", quantize: str = "none",
+             exact_decode: bool = False, decode_memory: int | None = None) -> Embedder:
+        """A checkpoint (a ModelSource, a directory, or a hub id: default google/siglip-base-patch16-224,
+        from the Hugging Face cache or downloaded into it), or the seeded untrained base model.
+
+        A name is resolved with hub.resolve_model's defaults; to work offline, or with another cache,
+        resolve it first: Embedder.load(hub.resolve_model(name, offline=True)).
+        """
+        check_load_options(model, random_init, image_size)
         if random_init:
             net = SiglipVisionModel.random_init()
         else:
-            net = SiglipVisionModel.from_pretrained(model if model is not None else DEFAULT_MODEL_ID,
-                                                    offline=offline, note=note, cache_dir=cache_dir)
+            from .weights import load_model
+
+            if not isinstance(model, ModelSource):
+                from .hub import resolve_model
+
+                model = resolve_model(None if model is None else str(model))
+            net = load_model(SiglipVisionModel, model)
         if image_size is not None:
             check_image_size(image_size, net.config)
         prep = choose_preprocessing(norm, net.preprocessor_config, net.config.image_size, image_size,
@@ -155,15 +162,15 @@ class Embedder:
         }
 
     @torch.inference_mode()
-    def embed_pixels(self, pixel_values: torch.Tensor) -> np.ndarray:
-        """(B, 3, S, S) preprocessed pixels -> (B, N, D) or (B, D) float32 numpy."""
+    def embed_pixels(self, pixel_values: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(B, 3, S, S) preprocessed pixels -> (B, N, D) or (B, D) float32 numpy: the model stage."""
+        pixel_values = torch.as_tensor(pixel_values)
         out = self.model.embed(pixel_values.to(self.device), self.pool)
         return out.float().cpu().numpy()
 
     def decode(self, path: str | Path) -> torch.Tensor:
         """One image file -> (3, S, S) preprocessed pixels, within the decode memory budget."""
-        return load_image(path, max_pixels=self.max_pixels, draft=self.draft, budget=self.budget,
-                          then=self.preprocessing)
+        return torch.from_numpy(self.decoder(path))
 
     def prepare(self, item, skip: Callable | None = None) -> Result:
         """Decode and preprocess one input (runs on a worker thread); skip(item) True: leave it out.
@@ -174,10 +181,8 @@ class Embedder:
         try:
             if skip is not None and skip(item):
                 return Result(source, skipped=True, item=item)
-            if isinstance(item, Image.Image):
-                pixels = self.preprocessing(to_rgb(item))
-            else:
-                pixels = self.decode(getattr(item, "path", item))
+            pixels = torch.from_numpy(self.decoder(item if isinstance(item, Image.Image) else
+                                                   getattr(item, "path", item)))
         except ImageError as e:
             return Result(source, error=e.reason, item=item)
         except Exception as e:  # e.g. out of memory resizing it: this input's failure

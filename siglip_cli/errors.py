@@ -7,7 +7,6 @@ Library code raises these; the CLI's single error boundary turns them into one l
 from __future__ import annotations
 
 # Exit codes, documented in `siglip --help` and the README.
-EXIT_OK = 0
 EXIT_FAILED = 1  # some input could not be embedded, or an output could not be written
 EXIT_USAGE = 2  # bad options, unknown model, unusable checkpoint: nothing was attempted
 

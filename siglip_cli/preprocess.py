@@ -1,25 +1,30 @@
-"""Image file -> (3, S, S) float tensor, with one of two normalisation presets.
+"""Image file -> (3, S, S) float pixels, with one of two normalisation presets: the decode stage.
 
 - `imagenet`: the seed documents' torchvision pipeline, Resize((S, S)) (bilinear), ToTensor,
   Normalize(ImageNet mean/std). Right for the seeds' untrained model, wrong for real SigLIP weights.
 - `checkpoint`: what the checkpoint's preprocessor_config.json says. Real SigLIP weights were trained
   with a bicubic resize to S x S and mean = std = 0.5 (pixels in [-1, 1]); this preset equals
   transformers' SiglipImageProcessorPil.
+
+A Decoder (file -> NumPy pixels) holds no model and no open file, and pickles: a Ray actor or a process
+pool decodes with the same code as `siglip embed`. torch is imported only for `Preprocessing(image)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
+from .choices import NORMS
 from .config import MAX_IMAGE_SIZE, is_int, is_number, shown
-from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, draft_scale, load_image, to_rgb  # noqa: F401 (public here too)
+from .decode import DEFAULT_MAX_PIXELS, DRAFT_GAP, DecodeBudget, load_image, to_rgb
+from .decode import draft_scale  # noqa: F401 (public here too)
 from .errors import CheckpointError, UsageError
 
-NORM_PRESETS = ("auto", "imagenet", "checkpoint")
+NORM_PRESETS = NORMS
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # What transformers' SiglipImageProcessor uses for a key its preprocessor_config.json leaves out.
@@ -43,16 +48,44 @@ class Preprocessing:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
-        """An RGB PIL image -> (3, S, S) float32."""
+    def array(self, image: Image.Image) -> np.ndarray:
+        """An RGB PIL image -> (3, S, S) float32 NumPy."""
         image = image.resize((self.image_size, self.image_size), resample=_RESAMPLE[self.resample])
         # float64 for the rescale, then float32: the same arithmetic as transformers' processor.
         x = (np.asarray(image, dtype=np.float64) * self.rescale_factor).astype(np.float32)  # (S, S, 3)
         x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (3, S, S)
+        return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, S, S)
 
-    def to_metadata(self) -> dict[str, object]:
-        return asdict(self)
+    def __call__(self, image: Image.Image):
+        """An RGB PIL image -> (3, S, S) float32 torch tensor (sharing the NumPy array's memory)."""
+        import torch
+
+        return torch.from_numpy(self.array(image))
+
+
+class Decoder:
+    """One image (a file, or a PIL image) -> (3, S, S) float32 NumPy pixels, ready for the model.
+
+    Holds the preprocessing, the --max-pixels limit, the JPEG draft size and the decode memory budget;
+    no model and no open file, so it pickles. The budget is per process: a copy starts with its own.
+    """
+
+    def __init__(self, preprocessing: Preprocessing, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 exact_decode: bool = False, decode_memory: int | None = None):
+        self.preprocessing = preprocessing
+        self.max_pixels = max_pixels
+        # JPEGs decode at reduced scale while >= DRAFT_GAP x the output size (see decode.DRAFT_GAP).
+        self.draft = None if exact_decode else preprocessing.image_size * DRAFT_GAP
+        # Decoded images in flight on all threads together stay under this many bytes (default: a
+        # quarter of the machine's memory, 2-8 GB): a tiny file can declare a huge image.
+        self.budget = DecodeBudget(decode_memory)
+
+    def __call__(self, image: str | Path | Image.Image) -> np.ndarray:
+        """Raises ImageError naming the file for anything that goes wrong with it."""
+        if isinstance(image, Image.Image):
+            return self.preprocessing.array(to_rgb(image))
+        return load_image(image, max_pixels=self.max_pixels, draft=self.draft, budget=self.budget,
+                          then=self.preprocessing.array)
 
 
 def imagenet_preprocessing(image_size: int) -> Preprocessing:
@@ -124,8 +157,8 @@ def choose_preprocessing(norm: str, preprocessor_config: dict | None, model_imag
 
     image_size overrides the resolution; by default it is the checkpoint's (or the model config's).
     """
-    if norm not in NORM_PRESETS:
-        raise UsageError(f"unknown --norm {norm!r}: use one of {', '.join(NORM_PRESETS)}")
+    if norm not in NORMS:
+        raise UsageError(f"unknown --norm {norm!r}: use one of {', '.join(NORMS)}")
     if norm == "imagenet" or (norm == "auto" and preprocessor_config is None):
         return imagenet_preprocessing(image_size or model_image_size)
     if preprocessor_config is None:

@@ -17,10 +17,12 @@ class _Rate(ProgressColumn):
 class EmbedProgress:
     """images done / total, images per second, ETA and failures so far, on stderr when it is a terminal."""
 
-    def __init__(self, total: int, enabled: bool = True):
+    def __init__(self, total: int, enabled: bool = True, log_failures: bool = True):
         console = Console(stderr=True)
         self.live = enabled and console.is_terminal
         self.failed = 0
+        self.failures: list = []  # the failed Outcomes, in order
+        self.log_failures = log_failures
         self._progress = Progress(TextColumn("embedding"), BarColumn(), MofNCompleteColumn(), _Rate(),
                                   TimeRemainingColumn(), TextColumn("{task.fields[failed]} failed"),
                                   console=console, transient=True, disable=not self.live)
@@ -36,6 +38,14 @@ class EmbedProgress:
     def advance(self, outcome) -> None:
         self.failed += outcome.status == "failed"
         self._progress.update(self._task, advance=1, failed=self.failed)
+
+    def outcome(self, outcome) -> None:
+        """A run's on_outcome: advance the bar; keep each failure, and log it as `path: reason`."""
+        self.advance(outcome)
+        if outcome.status == "failed":
+            self.failures.append(outcome)
+            if self.log_failures:
+                self.log(f"{outcome.path}: {outcome.reason}")
 
     def log(self, message: str) -> None:
         """A line above the bar (or plain on stderr), never cut or re-wrapped; one line whatever the

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 
@@ -213,27 +214,24 @@ def render(report: ShapeReport, console) -> None:
     console.print(f"FLOPs per forward pass: {_fmt_flops(report.total_flops)}")
 
 
-def describe(model: str | None, preset: str | None, image, batch_size: int = 1, layer: int = 0,
-             image_size: int | None = None, offline: bool = False, cache_dir=None) -> ShapeReport:
-    """inspect-shapes' inputs -> a ShapeReport: a config from --model (config.json only) or --preset."""
-    from pathlib import Path
+MODEL_OR_PRESET = "use either --model or --preset, not both"
 
+
+def describe(folder: Path | None, preset: str | None, image, batch_size: int = 1, layer: int = 0,
+             image_size: int | None = None) -> ShapeReport:
+    """inspect-shapes' inputs -> a ShapeReport: the config of a checkpoint folder (config.json only, no
+    weights; hub.config_folder finds a hub model's) or a --preset (default: base)."""
     from .config import PRESETS
     from .errors import UsageError
-    from .weights import read_config, read_preprocessor_config
 
-    if model and preset:
-        raise UsageError("use either --model or --preset, not both")
+    if folder is not None and preset:
+        raise UsageError(MODEL_OR_PRESET)
     preprocessor = None
-    if model:
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            from .hub import fetch_config
-            from .weights import parse_model_spec
+    if folder is not None:
+        from .checkpoint import read_config, read_preprocessor_config
 
-            folder = fetch_config(*parse_model_spec(model), offline=offline, cache_dir=cache_dir)
-        config = read_config(folder)
-        preprocessor = read_preprocessor_config(folder)
+        config = read_config(Path(folder)).vision_config
+        preprocessor = read_preprocessor_config(Path(folder))
     else:
         config = PRESETS[preset or "base"]
     image_shape = pixels_shape = None
@@ -243,6 +241,6 @@ def describe(model: str | None, preset: str | None, image, batch_size: int = 1, 
         decoded = load_image(image)
         prep = choose_preprocessing("auto", preprocessor, config.image_size, image_size)
         image_shape = [decoded.height, decoded.width, 3]
-        pixels_shape = list(prep(decoded).shape)
+        pixels_shape = list(prep.array(decoded).shape)
         image_size = prep.image_size
     return trace_shapes(config, batch_size, layer, image_size, image_shape, pixels_shape)

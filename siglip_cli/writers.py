@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_write_bytes, check_writable, commit, destination, discard, temp_file  # noqa: F401
+from .choices import FORMATS as FORMAT_NAMES
 from .errors import OutputError, OutputGoneError, UsageError
 
-FORMATS = (".npy", ".safetensors")
+FORMATS = tuple("." + name for name in FORMAT_NAMES)  # (".npy", ".safetensors")
 NAME_MAX = 255  # bytes in one file name, on every common file system
 TENSOR_NAME = "embeddings"
 

@@ -17,6 +17,8 @@ from PIL import Image
 from siglip_cli import SiglipVisionConfig, SiglipVisionModel
 from siglip_cli.batch import embed_to
 from siglip_cli.embed import Embedder
+from siglip_cli.inputs import collect
+from siglip_cli.plan import resume
 from siglip_cli.preprocess import imagenet_preprocessing
 from siglip_cli.writers import read_embeddings
 
@@ -286,3 +288,30 @@ def test_sigterm_removes_the_partial_stacked_file(tmp_path):
     assert proc.wait(timeout=60) == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many", "r.jsonl"]
     assert 0 < len((tmp_path / "r.jsonl").read_text().splitlines()) < 40
+
+
+def test_resume_decides_every_input_in_order_and_writes_nothing(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(40):
+        (src / f"{i:02d}.png").write_bytes(b"")
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(0, 40, 3):
+        (out / f"{i:02d}.png.npy").write_bytes(b"done")  # done by an earlier run
+    (out / "07.png.npy").mkdir()  # a folder where an output file goes
+    os.symlink(out / "00.png.npy", out / "08.png.npy")
+    items = [*collect([str(src)]), *collect([str(tmp_path / "missing.jpg")])]
+    before = sorted(os.listdir(out))
+    steps = list(resume(items, out, ".npy", workers=4, window=5))
+    assert [s.item for s in steps] == items and sorted(os.listdir(out)) == before
+    status = {s.item.path.name: (s.status, s.reason) for s in steps}
+    assert status["00.png"] == ("skipped", None) and steps[0].output == out / "00.png.npy"
+    assert status["01.png"] == ("embed", None)
+    assert status["07.png"][0] == "failed" and "is a folder, which siglip never replaces" in status["07.png"][1]
+    assert status["08.png"][0] == "failed" and "is a symlink" in status["08.png"][1]
+    assert status["missing.jpg"] == ("failed", "no such file")
+    assert [s.status for s in steps].count("skipped") == 14  # 0, 3 ... 39
+    again = list(resume(items, out, ".npy", overwrite=True))  # --overwrite: nothing looked up
+    assert [s.status for s in again] == ["embed"] * 40 + ["failed"]
+    assert [s.status for s in resume(items, None)] == ["embed"] * 40 + ["failed"]  # a file output

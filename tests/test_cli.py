@@ -187,7 +187,8 @@ def test_help_has_examples_and_imports_nothing_heavy():
 
 def test_console_script_and_module_entry_points():
     script = Path(sys.executable).parent / "siglip"
-    assert subprocess.run([str(script), "--version"], capture_output=True, text=True).stdout == f"siglip {__version__}\n"
+    version = subprocess.run([str(script), "--version"], capture_output=True, text=True).stdout
+    assert version == f"siglip {__version__}\n"
     proc = run_cli("--help")
     assert proc.returncode == 0 and "embed" in proc.stdout
 

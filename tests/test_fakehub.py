@@ -73,7 +73,8 @@ def test_list_repo_tree(hub, tmp_path):
     assert entries["config.json"].blob_id == hashlib.sha1(b"blob %d\0" % len(CONFIG) + CONFIG).hexdigest()
     top = {e.path for e in api.list_repo_tree(REPO, token=False)}
     assert top == {"config.json", "model.safetensors", "sub"}
-    assert {e.path for e in api.list_repo_tree(REPO, "sub", recursive=True, token=False)} == {"sub/dir", "sub/dir/x.txt"}
+    tree = api.list_repo_tree(REPO, "sub", recursive=True, token=False)
+    assert {e.path for e in tree} == {"sub/dir", "sub/dir/x.txt"}
 
 
 def test_single_cut_is_retried_inside_one_call(hub, repo, tmp_path, monkeypatch):
@@ -197,7 +198,8 @@ def test_raw_http_headers_and_ranges(hub, repo):
     assert headers["X-Linked-Size"] == str(len(WEIGHTS)) and headers["Accept-Ranges"] == "bytes"
     assert not [k for k in headers if k.lower().startswith("x-xet")]
     status, headers, body = fetch(url, Range="bytes=100-")
-    assert (status, body, headers["Content-Range"]) == (206, WEIGHTS[100:], f"bytes 100-{len(WEIGHTS) - 1}/{len(WEIGHTS)}")
+    assert (status, body, headers["Content-Range"]) == (206, WEIGHTS[100:],
+                                                       f"bytes 100-{len(WEIGHTS) - 1}/{len(WEIGHTS)}")
     status, headers, body = fetch(url, Range="bytes=10-19")
     assert (status, body, headers["Content-Range"]) == (206, WEIGHTS[10:20], f"bytes 10-19/{len(WEIGHTS)}")
     assert fetch(url, Range=f"bytes={len(WEIGHTS)}-")[0] == 416

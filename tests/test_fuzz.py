@@ -561,7 +561,8 @@ def tiny_tiff(width: int, height: int, bits: int, sample_format: int, rows: int 
     out = bytearray(b"II*\x00" + struct.pack("<IH", 8, len(tags)))
     for tag, typ, value in tags:
         value = start if tag == 273 else value
-        out += struct.pack("<HHI", tag, typ, 1) + (struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value))
+        packed = struct.pack("<HH", value, 0) if typ == 3 else struct.pack("<I", value)
+        out += struct.pack("<HHI", tag, typ, 1) + packed
     return bytes(out + b"\x00\x00\x00\x00" + data)
 
 

@@ -320,7 +320,8 @@ def test_download_progress_is_drawn_on_a_terminal_stderr_only(hub, tmp_path):
 
 
 @pytest.mark.parametrize("status, message", [
-    (500, "the Hugging Face hub answered 500 for acme/x (Server error): run `siglip download-weights acme/x` again later"),
+    (500, "the Hugging Face hub answered 500 for acme/x (Server error): run `siglip download-weights acme/x` "
+          "again later"),
     (403, "access to acme/x was refused (403): log in with `hf auth login` (or set HF_TOKEN)"),
 ])
 def test_other_http_answers_are_named(status, message):

@@ -1,4 +1,9 @@
 import csv
+import multiprocessing
+import pickle
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pytest
@@ -6,8 +11,8 @@ import torch
 from PIL import Image
 
 from siglip_cli.errors import CheckpointError, ImageError, UsageError
-from siglip_cli.preprocess import (IMAGENET_MEAN, IMAGENET_STD, checkpoint_preprocessing, choose_preprocessing,
-                                   imagenet_preprocessing, load_image, DRAFT_GAP, draft_scale)
+from siglip_cli.preprocess import (IMAGENET_MEAN, IMAGENET_STD, Decoder, checkpoint_preprocessing,
+                                   choose_preprocessing, imagenet_preprocessing, load_image, DRAFT_GAP, draft_scale)
 
 from conftest import DATA, PHOTOS
 
@@ -142,7 +147,6 @@ def test_cmyk_and_animated_images():
     assert r > 200 and g < 50
 
 
-
 @pytest.fixture(scope="module")
 def camera_jpeg(tmp_path_factory):
     """A 2400x1800 JPEG from a real photo, rotated by EXIF (orientation 6: the stored image is 1800x2400)."""
@@ -208,3 +212,25 @@ def test_draft_of_sides_that_are_not_multiples_of_8_never_stretches(tmp_path, si
     assert drafted.size == decoded
     levels = (prep(drafted) - prep(load_image(path))).abs() * 127.5
     assert levels.max().item() <= 3 and levels.mean().item() <= 0.3
+
+
+def test_a_decoder_pickles_and_decodes_the_same_pixels_elsewhere(camera_jpeg):
+    prep = checkpoint_preprocessing(SIGLIP_PREPROCESSOR, None)
+    decoder = Decoder(prep, max_pixels=50_000_000, decode_memory=1 << 30)
+    here = decoder(camera_jpeg)
+    assert here.dtype == np.float32 and here.shape == (3, 224, 224)
+    assert np.array_equal(here, prep(load_image(camera_jpeg, draft=DRAFT_GAP * 224)).numpy())
+    copy = pickle.loads(pickle.dumps(decoder))
+    assert (copy.max_pixels, copy.draft, copy.budget.limit, copy.budget.used) == (50_000_000, 672, 1 << 30, 0)
+    assert copy.budget is not decoder.budget  # a budget (and its lock) per copy
+    assert np.array_equal(copy(camera_jpeg), here)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # as a worker pool
+        assert np.array_equal(pool.submit(decoder, camera_jpeg).result(), here)
+    # Another process needs neither torch nor a model to decode.
+    code = ("import pickle, sys\nd = pickle.loads(sys.stdin.buffer.read())\nx = d(sys.argv[1])\n"
+            "print(x.shape, 'torch' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code, str(camera_jpeg)], input=pickle.dumps(decoder),
+                          capture_output=True)
+    assert proc.stdout.decode().strip() == "(3, 224, 224) False", proc.stderr.decode()
+    with pytest.raises(ImageError, match="no such file"):
+        copy(camera_jpeg.with_name("missing.jpg"))

@@ -39,7 +39,8 @@ def captured(config: SiglipVisionConfig, batch: int, size: int, layer: int) -> d
     return got
 
 
-CASES = [("tiny", SiglipVisionConfig(**TINY), ["--model"], 2, 1), ("so400m", PRESETS["so400m"], ["--preset", "so400m"], 1, 0)]
+CASES = [("tiny", SiglipVisionConfig(**TINY), ["--model"], 2, 1),
+         ("so400m", PRESETS["so400m"], ["--preset", "so400m"], 1, 0)]
 
 
 @pytest.mark.parametrize("name, config, how, batch, layer", CASES, ids=[c[0] for c in CASES])
