@@ -283,7 +283,10 @@ def test_sigterm_removes_the_partial_stacked_file(tmp_path):
     deadline = time.time() + 120
     while time.time() < deadline and not list(tmp_path.glob(".all.npy.*.siglip-tmp")):
         time.sleep(0.05)
-    time.sleep(2)
+    temp = next(tmp_path.glob(".all.npy.*.siglip-tmp"))
+    start = temp.stat().st_size
+    while time.time() < deadline and temp.stat().st_size == start:  # the first row is in: an input was reached
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 143
     assert sorted(p.name for p in tmp_path.iterdir()) == ["many", "r.jsonl"]
