@@ -213,6 +213,8 @@ class SiglipConfig:
         Keys the towers do not use (torch_dtype, architectures, ...) are ignored; missing keys take
         transformers' defaults, as the hub's configs rely on. A file with none of SigLIP's keys is refused.
         """
+        if not isinstance(d, dict):
+            raise CheckpointError(f"expected a JSON object, not {json_kind(d)}: re-download the checkpoint")
         model_type = d.get("model_type")
         vision = d.get("vision_config", {})
         text = d.get("text_config")
@@ -227,8 +229,11 @@ class SiglipConfig:
                 "use a fixed-resolution SigLIP 2 checkpoint (e.g. google/siglip2-base-patch16-224)"
             )
         if "vision_config" in d or "text_config" in d:
-            return cls(SiglipVisionConfig(**_known_fields(SiglipVisionConfig, vision)),
-                       None if text is None else SiglipTextConfig.from_hf_dict(text))
+            try:
+                text = None if text is None else SiglipTextConfig.from_hf_dict(text)
+            except CheckpointError as e:  # say which tower: both have a hidden_act, a hidden_size ...
+                raise CheckpointError(f"text_config: {e}") from None
+            return cls(SiglipVisionConfig(**_known_fields(SiglipVisionConfig, vision)), text)
         if model_type not in (None, "siglip_vision_model"):
             raise CheckpointError(
                 f"unsupported architecture model_type={model_type!r}: expected a SigLIP checkpoint "

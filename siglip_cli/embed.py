@@ -116,12 +116,13 @@ class Embedder:
     def load(cls, model: str | Path | ModelSource | None = None, *, random_init: bool = False, pool: str = "none",
              norm: str = "auto", image_size: int | None = None, device: str = "auto",
              max_pixels: int = DEFAULT_MAX_PIXELS, dtype: str = "float32", quantize: str = "none",
-             exact_decode: bool = False, decode_memory: int | None = None) -> Embedder:
+             exact_decode: bool = False, decode_memory: int | None = None, offline: bool = False,
+             cache_dir: Path | None = None, note=None) -> Embedder:
         """A checkpoint (a ModelSource, a directory, or a hub id: default google/siglip-base-patch16-224,
         from the Hugging Face cache or downloaded into it), or the seeded untrained base model.
 
-        A name is resolved with hub.resolve_model's defaults; to work offline, or with another cache,
-        resolve it first: Embedder.load(hub.resolve_model(name, offline=True)).
+        A name is resolved by hub.resolve_model, which alone takes offline, cache_dir and note (remarks
+        for the user); a ModelSource is used as it is.
         """
         check_load_options(model, random_init, image_size)
         if random_init:
@@ -132,7 +133,8 @@ class Embedder:
             if not isinstance(model, ModelSource):
                 from .hub import resolve_model
 
-                model = resolve_model(None if model is None else str(model))
+                model = resolve_model(None if model is None else str(model), offline=offline, cache_dir=cache_dir,
+                                      note=note)
             net = load_model(SiglipVisionModel, model)
         if image_size is not None:
             check_image_size(image_size, net.config)

@@ -333,15 +333,15 @@ def _local_folder(spec: str) -> Path | None:
     return None
 
 
-def resolve_model(spec: str | None, revision: str | None = None, *, offline: bool = False,
+def resolve_model(spec: str | Path | None, revision: str | None = None, *, offline: bool = False,
                   progress: bool = True, note=None, cache_dir: Path | None = None) -> ModelSource:
     """A model name -> its checkpoint on this machine: a local directory as it is, or a hub id (optionally
     id@revision) from the Hugging Face cache, downloaded first when missing unless offline (or
     HF_HUB_OFFLINE=1), in which case the error names the command to run. The one place names are resolved.
     """
-    if spec is not None and not spec.strip():
+    if spec is not None and not str(spec).strip():
         raise ModelNotFoundError("--model is empty: give a checkpoint directory or a hub id")
-    spec = spec or DEFAULT_MODEL_ID
+    spec = str(spec) if spec is not None else DEFAULT_MODEL_ID
     folder = _local_folder(spec)
     if folder is not None:
         return ModelSource(path=folder, name=spec)

@@ -196,3 +196,12 @@ def test_presets_are_written_once():
                                                           "image_size": m.image_size})
         assert m.full_config.text_config.vocab_size == TEXT_PRESETS[m.text].vocab_size
         assert m.full_config.text_config.projection_size == m.config.hidden_size
+
+
+def test_a_bad_text_config_says_it_is_the_text_towers():
+    from siglip_cli.config import SiglipConfig
+
+    with pytest.raises(CheckpointError, match=r"^text_config: unsupported hidden_act 'relu'"):
+        SiglipConfig.from_hf_dict({"model_type": "siglip", "vision_config": {}, "text_config": {"hidden_act": "relu"}})
+    with pytest.raises(CheckpointError, match="expected a JSON object, not a list"):
+        SiglipConfig.from_hf_dict([])

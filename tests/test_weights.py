@@ -336,3 +336,15 @@ def test_a_conversion_can_transform_tensors_and_nothing_is_read_until_needed():
     kernel = derive(lambda t: t.t(), k)  # and a transposed kernel
     assert (q.shape, kernel.shape) == ((2, 4), (4, 2)) and reads == []  # shapes from the header alone
     assert torch.equal(kernel.read(), torch.arange(8.0, 16.0).view(2, 4).t()) and reads == ["qkv"]
+
+
+def test_embedder_load_resolves_names_with_the_hub_options(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hf_constants
+
+    from siglip_cli import Embedder
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    with pytest.raises(ModelNotFoundError, match=r"acme/none is not in the Hugging Face cache and downloads are off"):
+        Embedder.load("acme/none", offline=True)
+    build_checkpoint(tmp_path / "ckpt", TINY)
+    assert Embedder.load(tmp_path / "ckpt", offline=True).model.name_or_path == str(tmp_path / "ckpt")
