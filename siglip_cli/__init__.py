@@ -10,14 +10,16 @@ Nothing heavy is imported until it is used, so `siglip --help` stays fast.
 
 __version__ = "0.1.0"
 
-__all__ = ["SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig", "SiglipVisionModel", "Embedder", "SiglipError",
-           "__version__"]
+__all__ = ["SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig", "SiglipVisionModel", "SiglipTextModel",
+           "SiglipModel", "Embedder", "SiglipError", "__version__"]
 
 _LAZY = {
     "SiglipConfig": "config",
     "SiglipTextConfig": "config",
     "SiglipVisionConfig": "config",
     "SiglipVisionModel": "model",
+    "SiglipTextModel": "text_model",
+    "SiglipModel": "text_model",
     "Embedder": "embed",
     "SiglipError": "errors",
 }

@@ -243,7 +243,34 @@ class SiglipVisionTransformer(nn.Module):
         return x
 
 
-class SiglipVisionModel(nn.Module):
+class Pretrained:
+    """random_init and from_pretrained, for every model class here (its config_class says what it is built from)."""
+
+    @classmethod
+    def random_init(cls, config=None, seed: int = 0):
+        """The untrained model with PyTorch's default initialisation, reproducibly seeded."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = cls(config)
+        model.name_or_path = f"random-init (seed {seed})"
+        return model.eval()
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
+                        offline: bool = False, note=None, cache_dir=None):
+        """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id (id@revision works too).
+
+        A hub id comes from the local cache, and is downloaded (and verified) first when it is not
+        there, unless offline=True or HF_HUB_OFFLINE=1.
+        """
+        from .hub import resolve_model
+        from .weights import load_model
+
+        source = resolve_model(path_or_id, revision, offline=offline, note=note, cache_dir=cache_dir)
+        return load_model(cls, source, dtype=dtype)
+
+
+class SiglipVisionModel(Pretrained, nn.Module):
     """SigLIP's vision tower.
 
     `model(pixel_values)` returns the patch embeddings (B, N, D); `model.embed(pixel_values, pool="map")`
@@ -292,26 +319,3 @@ class SiglipVisionModel(nn.Module):
             if isinstance(module, SiglipAttention):
                 module.explicit = explicit
         return self
-
-    @classmethod
-    def random_init(cls, config: SiglipVisionConfig | None = None, seed: int = 0) -> SiglipVisionModel:
-        """The untrained model with PyTorch's default initialisation, reproducibly seeded."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = cls(config)
-        model.name_or_path = f"random-init (seed {seed})"
-        return model.eval()
-
-    @classmethod
-    def from_pretrained(cls, path_or_id: str, revision: str | None = None, dtype: torch.dtype = torch.float32,
-                        offline: bool = False, note=None, cache_dir=None) -> SiglipVisionModel:
-        """Load a Hugging Face SigLIP checkpoint: a local directory, or a hub id (id@revision works too).
-
-        A hub id comes from the local cache, and is downloaded (and verified) first when it is not
-        there, unless offline=True or HF_HUB_OFFLINE=1.
-        """
-        from .hub import resolve_model
-        from .weights import load_model
-
-        source = resolve_model(path_or_id, revision, offline=offline, note=note, cache_dir=cache_dir)
-        return load_model(cls, source, dtype=dtype)
