@@ -246,6 +246,11 @@ class SiglipVisionTransformer(nn.Module):
 class Pretrained:
     """random_init and from_pretrained, for every model class here (its config_class says what it is built from)."""
 
+    # Where the weights came from; from_pretrained fills these in.
+    name_or_path: str | None = None
+    revision: str | None = None
+    preprocessor_config: dict | None = None
+
     @classmethod
     def random_init(cls, config=None, seed: int = 0):
         """The untrained model with PyTorch's default initialisation, reproducibly seeded."""
@@ -284,10 +289,6 @@ class SiglipVisionModel(Pretrained, nn.Module):
         super().__init__()
         self.config = config or SiglipVisionConfig()
         self.vision_model = SiglipVisionTransformer(self.config)
-        # Where the weights came from; from_pretrained fills these in.
-        self.name_or_path: str | None = None
-        self.revision: str | None = None
-        self.preprocessor_config: dict | None = None
 
     @property
     def has_head(self) -> bool:

@@ -61,9 +61,6 @@ class SiglipTextModel(Pretrained, nn.Module):
         super().__init__()
         self.config = config or SiglipTextConfig()
         self.text_model = SiglipTextTransformer(self.config)
-        self.name_or_path: str | None = None
-        self.revision: str | None = None
-        self.preprocessor_config: dict | None = None
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.text_model(input_ids)
@@ -95,9 +92,6 @@ class SiglipModel(Pretrained, nn.Module):
         self.text_model = SiglipTextTransformer(text)
         self.logit_scale = nn.Parameter(torch.zeros(1))
         self.logit_bias = nn.Parameter(torch.zeros(1))
-        self.name_or_path: str | None = None
-        self.revision: str | None = None
-        self.preprocessor_config: dict | None = None
 
     def image_embeds(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) -> (B, D) SigLIP image embeddings (the attention-pooling head)."""
