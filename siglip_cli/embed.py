@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -52,12 +52,11 @@ def pick_device(device: str) -> torch.device:
 
 @dataclass
 class Result:
-    """One input's outcome: its embedding, or the reason it failed, or skipped (output already there)."""
+    """One input's outcome: its embedding, or the reason it failed."""
 
     source: str
     embedding: np.ndarray | None = None
     error: str | None = None
-    skipped: bool = False
     item: object = None  # what the caller passed in, for its own bookkeeping
 
 
@@ -174,15 +173,13 @@ class Embedder:
         """One image file -> (3, S, S) preprocessed pixels, within the decode memory budget."""
         return torch.from_numpy(self.decoder(path))
 
-    def prepare(self, item, skip: Callable | None = None) -> Result:
-        """Decode and preprocess one input (runs on a worker thread); skip(item) True: leave it out.
+    def prepare(self, item) -> Result:
+        """Decode and preprocess one input (runs on a worker thread).
 
         Whatever goes wrong with this input is its Result's error, never an exception for the run.
         """
         source = "<PIL image>" if isinstance(item, Image.Image) else str(getattr(item, "path", item))
         try:
-            if skip is not None and skip(item):
-                return Result(source, skipped=True, item=item)
             pixels = torch.from_numpy(self.decoder(item if isinstance(item, Image.Image) else
                                                    getattr(item, "path", item)))
         except ImageError as e:
@@ -191,12 +188,12 @@ class Embedder:
             return Result(source, error=f"cannot prepare image ({type(e).__name__}: {e})", item=item)
         return Result(source, embedding=pixels, item=item)  # pixels until embedded
 
-    def embed_iter(self, images: Iterable, batch_size: int = 8, workers: int | None = None,
-                   skip: Callable | None = None) -> Iterator[Result]:
+    def embed_iter(self, images: Iterable, batch_size: int = 8, workers: int | None = None) -> Iterator[Result]:
         """One Result per input, in input order; an image that fails does not stop the others.
 
         Decoding runs on `workers` threads (default: one per core, up to 8) ahead of the model, so
-        the model does not wait for the disk; batches stay full when some inputs fail or are skipped.
+        the model does not wait for the disk; batches stay full when some inputs fail. (Which inputs to
+        leave out, e.g. those already done, is plan.resume's decision, made before this.)
         """
         if batch_size < 1:
             raise UsageError(f"--batch-size must be at least 1, got {batch_size}")
@@ -219,7 +216,7 @@ class Embedder:
             pending.clear()
             queued = 0
 
-        for result in prefetch(lambda item: self.prepare(item, skip), images, workers, window):
+        for result in prefetch(self.prepare, images, workers, window):
             pending.append(result)
             queued += result.embedding is not None
             if queued >= batch_size:
