@@ -11,7 +11,7 @@ Nothing heavy is imported until it is used, so `siglip --help` stays fast.
 __version__ = "0.1.0"
 
 __all__ = ["SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig", "SiglipVisionModel", "SiglipTextModel",
-           "SiglipModel", "Embedder", "SiglipError", "__version__"]
+           "SiglipModel", "Embedder", "Siglip", "SiglipError", "__version__"]
 
 _LAZY = {
     "SiglipConfig": "config",
@@ -21,6 +21,7 @@ _LAZY = {
     "SiglipTextModel": "text_model",
     "SiglipModel": "text_model",
     "Embedder": "embed",
+    "Siglip": "text",
     "SiglipError": "errors",
 }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import os
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,7 +28,8 @@ from .embed import Embedder, Result, default_workers
 from .errors import ImageError, OutputError, OutputGoneError, UsageError
 from .inputs import Input
 from .plan import Plan, Step, check_report, existing_output, is_folder_output, plan_items, resume  # noqa: F401
-from .writers import StackedWriter, atomic_write_bytes, check_inside, output_path_for, write_embeddings
+from .writers import (StackedWriter, atomic_write_bytes, check_inside, output_path_for, write_embeddings,
+                      write_manifest)
 
 
 @dataclass
@@ -169,6 +171,8 @@ class _Run:
 
     def go(self, batch_size: int, workers: int | None) -> Summary:
         workers = default_workers() if workers is None else workers
+        if self.folder and self.plan.items:
+            write_manifest(self.out, self.metadata, input_roots(self.plan.items), self.overwrite)
         steps = resume(self.plan.items, self.out if self.folder else None, self.plan.fmt, self.overwrite, workers)
         try:
             for step, result in embedded_in_order(self.embedder, steps, batch_size, workers):
@@ -209,6 +213,16 @@ class _Run:
                     raise
                 return
             self.record(Outcome(str(item.path), "embedded", output=output))
+
+
+def input_roots(items: Iterable[Input]) -> set[str]:
+    """The folders the inputs' relative paths start from: DIR/a/b.jpg.npy came from <root>/a/b.jpg."""
+    roots = set()
+    for item in items:
+        path = unicode_text(os.path.abspath(item.path))
+        depth = len(item.rel.parts)
+        roots.add(str(Path(path).parents[depth - 1]) if depth else path)
+    return roots
 
 
 _DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)

@@ -8,19 +8,25 @@ from the internet, so each value is checked before anything is built from it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .config import SiglipConfig, json_kind, shown
 from .errors import CheckpointError
+from .tokenizer import TOKENIZER_FILES
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-# What the tool needs from a repository; everything else (tokenizer, TF/Flax/ONNX, pickles) is left alone.
-NEEDED_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model-*.safetensors",
-                WEIGHTS_INDEX_NAME]
+# What the tool needs from a repository: configs, safetensors weights and the SentencePiece tokenizer (SigLIP's
+# spiece.model, SigLIP 2's Gemma tokenizer.model, with the token names of their configs); everything else
+# (tokenizer.json, TF/Flax/ONNX, pickles) is left alone.
+# A cached copy is complete with MODEL_FILES; the tokenizer is fetched when a text command first needs it.
+MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model-*.safetensors",
+               WEIGHTS_INDEX_NAME]
+NEEDED_FILES = MODEL_FILES + TOKENIZER_FILES
 # The JSON files of a checkpoint are kilobytes (so400m's index: ~80 KB); a bigger one is not a checkpoint's.
 MAX_JSON_BYTES = 16 << 20
 
@@ -120,3 +126,21 @@ def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
             "can run code: use a checkpoint with model.safetensors"
         )
     raise CheckpointError(f"{ckpt}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}: not a complete checkpoint")
+
+
+def fingerprint(ckpt: Path) -> str:
+    """A short id of the weights, recorded with every embedding so search can tell models apart: the same
+    checkpoint gives the same id wherever it lies (the cache, a copy); a fine-tune gives another.
+
+    sha256 over config.json and, per weight file, its size and first and last 64 KiB (the header, and
+    tensor data at both ends): cheap at any size, and a different training run differs there.
+    """
+    h = hashlib.sha256((ckpt / "config.json").read_bytes())
+    for path in sorted(weight_files(ckpt)):
+        with path.open("rb") as f:
+            size = f.seek(0, 2)
+            f.seek(0)
+            head = f.read(1 << 16)
+            f.seek(max(0, size - (1 << 16)))
+            h.update(f"{path.name}:{size}".encode() + head + f.read())
+    return h.hexdigest()[:16]

@@ -7,6 +7,7 @@ library's own tuples (choices.py, config.PRESETS), shown in the help and matched
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated
@@ -31,8 +32,7 @@ def _debug_on(ctx: typer.Context) -> bool:
     return bool(ctx.meta.get(opt.DEBUG)) or os.environ.get("SIGLIP_DEBUG", "") not in ("", "0")
 
 
-def _err(message: str) -> None:
-    err_line(message)
+_err = err_line  # one line on stderr
 
 
 class _ErrorBoundary(TyperGroup):
@@ -214,9 +214,9 @@ def download_weights(
 ) -> None:
     """Download a SigLIP checkpoint from the Hugging Face hub, verified.
 
-    Fetches only config.json, preprocessor_config.json and the safetensors weights (never tokenizers,
-    pickles or other frameworks' files), checks each weight file's sha256 against the hub's record and
-    the tensor shapes against the config, then prints what it stored. HF_TOKEN, HF_HOME, HF_ENDPOINT
+    Fetches only config.json, preprocessor_config.json, the safetensors weights and the SentencePiece
+    tokenizer (never pickles or other frameworks' files), checks each file's sha256 against the hub's
+    record and the tensor shapes against the config, then prints what it stored. HF_TOKEN, HF_HOME, HF_ENDPOINT
     and HF_HUB_OFFLINE are honoured.
 
     Examples:
@@ -262,8 +262,6 @@ def models(
 
     rows = model_rows(cache_dir)
     if as_json:
-        import json
-
         typer.echo(json.dumps(rows, indent=2))
         return
     from .views import MODELS_FOOTNOTE, print_models
@@ -276,6 +274,7 @@ def models(
 def inspect_shapes(
     model: opt.ConfigModel = None,
     preset: opt.Preset = None,
+    tower: opt.Tower = "vision",
     image: opt.ShapesImage = None,
     batch_size: opt.ShapesBatch = 1,
     layer: opt.Layer = 0,
@@ -285,18 +284,22 @@ def inspect_shapes(
     cache_dir: opt.CacheDir = None,
     debug: opt.Debug = False,
 ) -> None:
-    """Show how tensor shapes change through the SigLIP vision model, attention in detail.
+    """Show how tensor shapes change through SigLIP's vision tower (or text tower), attention in detail.
 
     The shapes come from a real forward pass of the model on PyTorch's meta device (shapes without
     data), through the step-by-step attention path: patchify, flatten, transpose, position
     embeddings; one encoder layer opened up (q, k, v, split into heads, scores, softmax, weighted
     sum, merge, MLP); the other layers; the attention-pooling head. With FLOPs and parameter counts.
+    --tower text: token and position embeddings, the same layers, the last token's vector and the head,
+    then how a batch of images is scored against a batch of texts (cosine, scale, bias, sigmoid).
 
     Examples:
 
       siglip inspect-shapes
 
       siglip inspect-shapes --preset so400m --layer 5
+
+      siglip inspect-shapes --tower text --batch-size 3
 
       siglip inspect-shapes --model google/siglip-base-patch16-384 --image photo.jpg --json
     """
@@ -309,10 +312,8 @@ def inspect_shapes(
         from .hub import config_folder
 
         folder = config_folder(model, offline=offline, cache_dir=cache_dir)  # config.json only: no weights
-    report = describe(folder, preset, image, batch_size, layer, image_size)
+    report = describe(folder, preset, image, batch_size, layer, image_size, tower=tower)
     if as_json:
-        import json
-
         typer.echo(json.dumps(report.to_dict(), indent=2))
         return
     from rich.console import Console
@@ -368,6 +369,13 @@ def visualize(
     result = render(picture, emb.preprocessing, emb.model, title, compare)
     atomic_write_bytes(output, png_bytes(result))
     _err(f"wrote {output} ({result.width}x{result.height})")
+
+
+from . import cli_text  # noqa: E402  (the text commands, under this app's error boundary)
+
+app.command("embed-text", no_args_is_help=True, epilog=cli_text.TEXT_EXIT_CODES_HELP)(cli_text.embed_text)
+app.command("classify", no_args_is_help=True, epilog=cli_text.CLASSIFY_EXIT_CODES_HELP)(cli_text.classify)
+app.command("search", no_args_is_help=True, epilog=cli_text.TEXT_EXIT_CODES_HELP)(cli_text.search)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

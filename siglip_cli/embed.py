@@ -148,6 +148,7 @@ class Embedder:
         return {
             "model": self.model.name_or_path or "",
             "revision": self.model.revision or "",
+            "model_fingerprint": self.model.fingerprint or "",
             "pool": self.pool,
             "norm": p.preset,
             "image_mean": list(p.mean),

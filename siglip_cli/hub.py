@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .checkpoint import (NEEDED_FILES, PICKLE_SUFFIXES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
-                         is_full_checkpoint, read_config)
+from .checkpoint import (MODEL_FILES, NEEDED_FILES, PICKLE_SUFFIXES, TOKENIZER_FILES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
+                         ModelSource, is_full_checkpoint, read_config)
 from .config import DEFAULT_MODEL_ID
 from .errors import (ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError,  # noqa: F401
                      SiglipWarning)
@@ -174,11 +174,13 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
                                            local_dir=local_dir))
         read_config(config_path.parent)  # an unsupported architecture is refused before the weights come
         full = is_full_checkpoint(config_path.parent)
+        if not full:  # a vision-only checkpoint has no use for a tokenizer
+            files = [f for f in files if f not in TOKENIZER_FILES]
         if full and note is not None:
             weights = sum(siblings[f].size or 0 for f in files if f.endswith(".safetensors"))
             size = f" ({human_size(weights)})" if weights else ""  # a mirror may send no sizes
-            note(f"{repo_id} is a full SigLIP checkpoint: its weights{size} also hold the text "
-                 "tower, which the hub cannot serve separately; siglip never loads it")
+            note(f"{repo_id} is a full SigLIP checkpoint: its weights{size} hold the image and the text "
+                 "tower, and it comes with its tokenizer (for classify, search and embed-text)")
         with rich_progress(progress) as bar_class:
             folder = Path(snapshot_download(repo_id, revision=resolved, cache_dir=cache_dir, local_dir=local_dir,
                                             allow_patterns=files, tqdm_class=bar_class))
@@ -221,7 +223,7 @@ def _cached_folder(repo_id: str, revision: str | None, cache_dir: Path | None, l
         return Path(local_dir)
     try:
         return Path(snapshot_download(repo_id, revision=revision, cache_dir=cache_dir, local_files_only=True,
-                                      allow_patterns=NEEDED_FILES))
+                                      allow_patterns=MODEL_FILES))
     except (LocalEntryNotFoundError, FileNotFoundError):
         raise ModelNotFoundError(f"model {repo_id}{'@' + revision if revision else ''} is not in the Hugging Face "
                                  f"cache: run `{download_command(repo_id, revision)}`") from None

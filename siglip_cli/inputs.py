@@ -205,3 +205,24 @@ def parse_shard(text: str) -> tuple[int, int]:
 def shard(items: list[Input], k: int, n: int) -> list[Input]:
     """Every N-th input starting at K: N processes cover the list exactly once, with no coordination."""
     return items[k::n]
+
+
+def read_text_lines(source: str | Path, what: str, comments: bool = False) -> list[str]:
+    """The lines of a UTF-8 text file (- : stdin), without line ends; blank lines dropped, and with
+    `comments` lines starting with # too. A file that is not UTF-8 text is a one-line error."""
+    try:
+        if str(source) == "-":
+            if sys.stdin is None:
+                raise UsageError(f"{what} -: stdin is closed: pipe the lines in, or give a file")
+            data = sys.stdin.buffer.read()
+        else:
+            data = Path(source).read_bytes()
+        text = data.decode("utf-8-sig")
+    except OSError as e:
+        raise UsageError(f"cannot read {what} {str(source)!r}: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise UsageError(f"{what} {str(source)!r}: not UTF-8 text (byte {e.start}): save it as UTF-8") from None
+    if "\0" in text:
+        raise UsageError(f"{what} {str(source)!r}: not a text file (a NUL byte): give one entry a line")
+    lines = [line.strip() for line in text.splitlines()]
+    return [line for line in lines if line and not (comments and line.startswith("#"))]

@@ -250,6 +250,7 @@ class Pretrained:
     name_or_path: str | None = None
     revision: str | None = None
     preprocessor_config: dict | None = None
+    fingerprint: str | None = None  # checkpoint.fingerprint: which weights, wherever they lie
 
     @classmethod
     def random_init(cls, config=None, seed: int = 0):

@@ -120,6 +120,9 @@ ShapesImage = Annotated[Optional[Path], typer.Option(
     "--image", show_default=False, help="Show the shapes of this image's decoding and preprocessing too.")]
 ShapesBatch = Annotated[int, typer.Option("--batch-size", min=1, help="Batch size B.")]
 Layer = Annotated[int, typer.Option("--layer", min=0, help="Which encoder layer to open in detail.")]
+Tower = Annotated[Literal["vision", "text"], typer.Option(
+    "--tower", case_sensitive=False, help="Which tower to trace: the vision tower, or the text tower and the "
+                                          "image-text scoring (sigmoid) step.")]
 ShapesJson = Annotated[bool, typer.Option("--json", help="Print the same stages as JSON.")]
 
 # siglip visualize
@@ -128,3 +131,35 @@ Png = Annotated[Path, typer.Option("--output", "-o", help="The PNG to write.", s
 CompareRandom = Annotated[bool, typer.Option(
     "--compare-random", help="Put the untrained model's PCA beside the checkpoint's, as seed 000 does.")]
 NormPreset = _choice(NORMS, "--norm", help="Preprocessing preset.")
+
+# siglip embed-text, classify, search
+Texts = Annotated[Optional[list[str]], typer.Argument(help="Texts to embed (quote each one).", show_default=False)]
+TextsFrom = Annotated[Optional[str], typer.Option(
+    "--from-file", show_default=False, help="Also embed the texts in this file, one a line (- : stdin).")]
+TextOutput = Annotated[Path, typer.Option(
+    "--output", "-o", show_default=False, help="The file to write, .npy or .safetensors: [T, D], one row a text.")]
+Images = Annotated[Optional[list[str]], typer.Argument(
+    help="Image files, folders (recursive), or glob patterns.", show_default=False)]
+Labels = Annotated[Optional[str], typer.Option(
+    "--labels", "-l", show_default=False, help="Comma-separated labels, e.g. cat,dog,'red car'.")]
+LabelsFile = Annotated[Optional[Path], typer.Option(
+    "--labels-file", show_default=False, help="Labels, one a line (blank lines and # comments skipped).")]
+Template = Annotated[str, typer.Option(
+    "--template", help="The sentence each label is put in ({} marks where); '{}' for the label alone.")]
+TopLabels = Annotated[Optional[int], typer.Option(
+    "--top", "-k", min=1, show_default=False, help="Show only the K most probable labels per image (default: all).")]
+ClassifyJson = Annotated[bool, typer.Option(
+    "--json", help="One JSON object a line: path, and labels best first with probability and logit.")]
+Csv = Annotated[bool, typer.Option("--csv", help="CSV: path, then one column per label (its probability).")]
+SearchArgs = Annotated[Optional[list[str]], typer.Argument(
+    help="The text to search for, then the embedding files and folders (with --image: only these).",
+    show_default=False)]
+QueryImage = Annotated[Optional[Path], typer.Option(
+    "--image", show_default=False, help="Search with this image instead of a text (images that look like it).")]
+TopHits = Annotated[int, typer.Option("--top", "-k", min=1, help="How many results.")]
+Threshold = Annotated[Optional[float], typer.Option(
+    "--threshold", show_default=False, help="Only results above this: a probability (0-1) for a text, a cosine "
+                                            "(-1-1) with --image.")]
+SearchJson = Annotated[bool, typer.Option("--json", help="One JSON object a line: rank, path, probability, "
+                                                         "cosine, embeddings file, row.")]
+PathsOnly = Annotated[bool, typer.Option("--paths", help="Only the image paths, one a line (for xargs).")]

@@ -47,7 +47,9 @@ class SiglipTextTransformer(nn.Module):
         x = self.final_layer_norm(x)
         _record(trace, "final_layer_norm", x)
         # SigLIP pools the LAST position: texts are padded to the full length, so it is always the same slot.
-        x = self.head(x[:, -1])  # (B, E)
+        x = x[:, -1]  # (B, D)
+        _record(trace, "last_token", x)
+        x = self.head(x)  # (B, E)
         _record(trace, "pooled", x)
         return x
 
@@ -67,16 +69,25 @@ class SiglipTextModel(Pretrained, nn.Module):
 
 
 def sigmoid_scores(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
-                   logit_bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                   logit_bias: torch.Tensor, trace: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """SigLIP's image-text scores: (B_img, D) x (B_txt, D) -> logits and probabilities, both (B_img, B_txt).
 
     Both sides L2-normalised, cosine * exp(logit_scale) + logit_bias, then a sigmoid: one independent
     probability per pair (they do not sum to 1 over labels; a softmax would be wrong for SigLIP).
     """
     i = F.normalize(image_embeds.float(), dim=-1)
+    _record(trace, "image_normalized", i)
     t = F.normalize(text_embeds.float(), dim=-1)
-    logits = i @ t.T * logit_scale.float().exp() + logit_bias.float()  # (B_img, B_txt)
-    return logits, logits.sigmoid()
+    _record(trace, "text_normalized", t)
+    cosine = i @ t.T  # (B_img, E) @ (E, B_txt) -> (B_img, B_txt)
+    _record(trace, "cosine", cosine)
+    scaled = cosine * logit_scale.float().exp()
+    _record(trace, "scaled", scaled)
+    logits = scaled + logit_bias.float()
+    _record(trace, "logits", logits)
+    probabilities = logits.sigmoid()
+    _record(trace, "probabilities", probabilities)
+    return logits, probabilities
 
 
 class SiglipModel(Pretrained, nn.Module):

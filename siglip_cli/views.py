@@ -14,7 +14,8 @@ def download_summary(done: Downloaded) -> str:
     else:
         lines.append(f"checksum: verified ({len(done.verified)} files)")
     if done.full_checkpoint:
-        lines.append("note:     a full SigLIP checkpoint: the weights also hold the text tower (not loaded)")
+        lines.append("note:     a full SigLIP checkpoint: image and text towers, and the tokenizer "
+                     "(classify, search, embed-text)")
     return "\n".join(lines)
 
 

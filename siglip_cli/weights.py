@@ -16,7 +16,7 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .checkpoint import (ModelSource, read_config, read_preprocessor_config, weight_files,
+from .checkpoint import (ModelSource, fingerprint, read_config, read_preprocessor_config, weight_files,
                          WEIGHTS_INDEX_NAME)
 from .config import check_fits_in_memory, shown
 from .errors import CheckpointError, SiglipWarning
@@ -165,4 +165,5 @@ def load_model(cls: type, source: ModelSource | Path | str, dtype: torch.dtype =
     model.name_or_path = source.name
     model.revision = source.revision
     model.preprocessor_config = read_preprocessor_config(source.path)
+    model.fingerprint = fingerprint(source.path)
     return model.eval()

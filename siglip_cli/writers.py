@@ -12,6 +12,7 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -230,6 +231,47 @@ class StackedWriter:
 
     def abort(self) -> None:
         discard(self._f, self._tmp)
+
+
+MANIFEST = ".siglip.json"  # in a folder output: what wrote its files, and the input folders they mirror
+# The metadata that decides what space the vectors live in: files differing here must not share a folder.
+SPACE_KEYS = ("model", "model_fingerprint", "pool", "norm", "image_size")
+
+
+def read_manifest(out_dir: Path) -> dict | None:
+    """A folder output's manifest: {"metadata": the run's metadata, "roots": input folders}, or None."""
+    path = Path(out_dir) / MANIFEST
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{path}: not a readable siglip manifest ({e}): delete it (the next `siglip embed` "
+                          "into this folder writes it again)") from None
+    if not isinstance(data, dict) or not isinstance(data.get("metadata"), dict) or \
+            not isinstance(data.get("roots"), list):
+        raise OutputError(f"{path}: not a siglip manifest: delete it (the next `siglip embed` into this folder "
+                          "writes it again)")
+    return data
+
+
+def write_manifest(out_dir: Path, metadata: dict[str, object], roots: Iterable[str], overwrite: bool) -> None:
+    """Record what writes into a folder output, before its first file: search reads the model from it and
+    finds each .npy file's image below `roots`. A folder already holding another model's (or pooling's)
+    embeddings is refused, unless `overwrite` (which re-embeds every input)."""
+    old = read_manifest(out_dir)
+    if old is not None and not overwrite:
+        theirs = {k: old["metadata"].get(k) for k in SPACE_KEYS if k in old["metadata"]}
+        ours = {k: metadata.get(k) for k in theirs}
+        if theirs != ours:
+            diff = ", ".join(f"{k} {theirs[k]!r} (this run: {ours[k]!r})" for k in theirs if theirs[k] != ours[k])
+            raise UsageError(f"output folder {out_dir} holds embeddings made with another setup: {diff}: use "
+                             "another output folder, or --overwrite to re-embed every input with this one")
+    known = [r for r in (old or {}).get("roots", []) if isinstance(r, str)] if old is not None else []
+    roots = known + sorted(set(roots) - set(known))
+    data = {"metadata": metadata, "roots": roots}
+    atomic_write_bytes(Path(out_dir) / MANIFEST, (json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+                       .encode("utf-8", "surrogateescape"))
 
 
 def output_path_for(out_dir: Path, rel, suffix: str) -> Path:

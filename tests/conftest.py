@@ -32,12 +32,14 @@ TINY_TEXT = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, nu
 
 
 def build_checkpoint(path: Path, vision: dict, layout: str = "vision5", head: bool = True,
-                     preprocessor: bool = True, shard_size: str | None = None, seed: int = 0):
+                     preprocessor: bool = True, shard_size: str | None = None, seed: int = 0,
+                     text: dict | None = None, tokenizer: str | None = None):
     """Save a random-weight SigLIP checkpoint with transformers; return the reference vision model.
 
     layout: "full" (SiglipModel: vision_model. + text_model. + logit_scale), "vision5" (SiglipVisionModel
     as transformers 5 saves it: no prefix), "vision4" (the same tensors with the `vision_model.` prefix
-    transformers 4 wrote).
+    transformers 4 wrote). text: the text config of a full one (default TINY_TEXT); tokenizer: write real
+    tokenizer files beside it, "siglip" (spiece.model) or "gemma" (SigLIP 2's tokenizer.model).
     """
     import transformers
     from transformers.models.siglip.image_processing_pil_siglip import SiglipImageProcessorPil
@@ -46,7 +48,7 @@ def build_checkpoint(path: Path, vision: dict, layout: str = "vision5", head: bo
     torch.manual_seed(seed)
     vcfg = transformers.SiglipVisionConfig(**vision, vision_use_head=head)
     if layout == "full":
-        cfg = transformers.SiglipConfig(vision_config=vcfg.to_dict(), text_config=TINY_TEXT)
+        cfg = transformers.SiglipConfig(vision_config=vcfg.to_dict(), text_config=text or TINY_TEXT)
         full = transformers.SiglipModel(cfg).eval()
         kwargs = {"max_shard_size": shard_size} if shard_size else {}
         full.save_pretrained(path, **kwargs)
@@ -62,6 +64,10 @@ def build_checkpoint(path: Path, vision: dict, layout: str = "vision5", head: bo
         size = vision["image_size"]
         SiglipImageProcessorPil(size={"height": size, "width": size}, image_mean=[0.5] * 3,
                                 image_std=[0.5] * 3).save_pretrained(path)
+    if tokenizer is not None:
+        from spm_files import write_gemma_tokenizer, write_siglip_tokenizer
+
+        (write_siglip_tokenizer if tokenizer == "siglip" else write_gemma_tokenizer)(path)
     return ref
 
 

@@ -69,7 +69,7 @@ def test_folder_run_embeds_every_good_image_and_names_every_bad_one_once(photos,
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == sorted(f"{g}.npy" for g in GOOD)
+    assert written == sorted([".siglip.json", *(f"{g}.npy" for g in GOOD)])  # the manifest, then the outputs
     for g in GOOD:
         assert np.load(out / f"{g}.npy").shape == (32,)
     for rel, reason in BAD.items():
@@ -85,8 +85,14 @@ def test_folder_run_embeds_every_good_image_and_names_every_bad_one_once(photos,
                                                 "reason": None, "output": str(out / "cat.jpg.npy")}
     assert by_path[str(photos / "random.png")]["status"] == "failed"
 
+    # Another pooling into the same folder would mix two kinds of vector: refused before any work.
+    other = run_cli("embed", str(photos), "--model", str(tiny_model_dir), "-o", f"{out}/")
+    assert other.returncode == 2
+    assert other.stderr.strip() == (f"Error: output folder {out} holds embeddings made with another setup: pool "
+                                    "'map' (this run: 'none'): use another output folder, or --overwrite to "
+                                    "re-embed every input with this one")
     again = run_cli("embed", str(photos), "--model", str(tiny_model_dir), "-o", f"{out}/", "--max-pixels", "200000",
-                    "--report", str(report))
+                    "--report", str(report), "--pool", "map")
     assert again.returncode == 1
     assert again.stderr.strip().splitlines()[-1] == "0 embedded, 6 skipped (output exists), 6 failed"
     assert {json.loads(line)["status"] for line in report.read_text().splitlines()} == {"skipped", "failed"}
@@ -187,8 +193,8 @@ def test_a_killed_run_resumes_to_the_same_files_and_never_leaves_a_partial_one(t
     assert sorted(final) == sorted(expected) and len(final) == 24
     for name in expected:
         assert np.array_equal(final[name], expected[name]), name
-    leftovers = [p for p in killed.rglob("*") if p.is_file() and not p.name.endswith(".npy")]
-    assert leftovers == []
+    leftovers = [p.name for p in killed.rglob("*") if p.is_file() and not p.name.endswith(".npy")]
+    assert leftovers == [".siglip.json"]
 
 
 def test_python_api_streams_with_flat_memory(tmp_path):
@@ -245,7 +251,7 @@ def test_several_folders_keep_their_names_and_outputs_never_collide(tmp_path, ti
     proc = run_cli("embed", "p/a.jpg", "q/a.jpg", "--model", str(tiny_model_dir), "-o", "flat/", cwd=tmp_path)
     assert proc.returncode == 1
     assert "q/a.jpg: its output flat/a.jpg.npy would overwrite that of p/a.jpg" in proc.stderr
-    assert len(list((tmp_path / "flat").iterdir())) == 1
+    assert sorted(p.name for p in (tmp_path / "flat").iterdir()) == [".siglip.json", "a.jpg.npy"]
 
 
 def test_odd_inputs_are_handled(tmp_path, tiny_model_dir):

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import PATCH14, PHOTOS, TINY, build_checkpoint, run_cli, run_on_terminal
+from conftest import PATCH14, PHOTOS, TINY, TINY_TEXT, build_checkpoint, run_cli, run_on_terminal
 from fakehub import FakeHub, _File, git_blob_sha1
 
 JUNK = {"tokenizer.json": b"{}", "spiece.model": b"x" * 100, "pytorch_model.bin": b"pickle" * 100,
@@ -34,7 +34,8 @@ def checkpoint_files(path: Path) -> dict[str, bytes]:
 def hub(tmp_path_factory):
     root = tmp_path_factory.mktemp("hubrepos")
     build_checkpoint(root / "tiny", TINY)
-    build_checkpoint(root / "full", PATCH14, layout="full", shard_size="20KB")
+    build_checkpoint(root / "full", PATCH14, layout="full", shard_size="20KB",
+                     text={**TINY_TEXT, "vocab_size": 300}, tokenizer="siglip")
     tiny = checkpoint_files(root / "tiny")
     with FakeHub() as h:
         h.tiny_commit = h.add_repo("acme/siglip-tiny", {**tiny, **JUNK})
@@ -137,10 +138,32 @@ def test_full_checkpoint_says_the_text_tower_comes_along(hub, tmp_path):
     proc = run_cli("download-weights", "acme/siglip-full", env=hub_env(hub, tmp_path))
     assert proc.returncode == 0, proc.stderr
     assert "is a full SigLIP checkpoint: its weights" in proc.stderr
-    assert "which the hub cannot serve separately" in proc.stderr
+    assert "it comes with its tokenizer" in proc.stderr
     assert "text tower" in proc.stdout
     files = snapshot_files(tmp_path, "acme/siglip-full")
     assert "model.safetensors.index.json" in files and len([f for f in files if f.startswith("model-0")]) > 2
+    assert {"spiece.model", "tokenizer_config.json"} <= set(files)  # the text commands' tokenizer
+    assert "checksum: verified" in proc.stdout  # the tokenizer files too
+    # the text commands run from the cache alone
+    proc = run_cli("embed-text", "a cat", "-m", "acme/siglip-full", "-o", str(tmp_path / "t.npy"),
+                   env=hub_env(hub, tmp_path, HF_HUB_OFFLINE="1"))
+    assert proc.returncode == 0, proc.stderr
+    assert np.load(tmp_path / "t.npy").shape == (1, 32)  # the text width: this fixture has no projection
+
+
+def test_a_cached_full_model_without_its_tokenizer_gets_it(hub, tmp_path):
+    """A cache filled by an older siglip (no tokenizer files): the text commands fetch the tokenizer."""
+    env = hub_env(hub, tmp_path)
+    assert run_cli("download-weights", "acme/siglip-full", env=env).returncode == 0
+    snap = next((tmp_path / "cache" / "models--acme--siglip-full" / "snapshots").iterdir())
+    (snap / "spiece.model").unlink()
+    proc = run_cli("embed-text", "a cat", "-m", "acme/siglip-full", "-o", str(tmp_path / "t.npy"),
+                   env={**env, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2 and "no tokenizer" in proc.stderr and len(proc.stderr.splitlines()) == 1
+    proc = run_cli("embed-text", "a cat", "-m", "acme/siglip-full", "-o", str(tmp_path / "t.npy"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "its tokenizer is not in the cache: downloading it" in proc.stderr
+    assert (snap / "spiece.model").is_file()
 
 
 def _fails(args, env, code, message):

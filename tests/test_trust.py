@@ -197,7 +197,8 @@ def test_a_shard_given_twice_finishes_twice_without_false_failures(tmp_path, mod
     for p in procs:
         _, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
-    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == sorted(f"{p.name}.npy" for p in src.iterdir())
+    assert sorted(p.name for p in (tmp_path / "emb").iterdir()) == \
+        sorted([".siglip.json", *(f"{p.name}.npy" for p in src.iterdir())])
     for i in range(2):
         assert all(r["status"] in ("embedded", "skipped") for r in records(tmp_path / f"r{i}.jsonl"))
 
@@ -623,7 +624,7 @@ def test_overwrite_fails_only_the_input_whose_output_is_a_folder(tmp_path, emb):
     src = photos(tmp_path / "src", 3)
     out = tmp_path / "out"
     embed_to(emb, [src], f"{out}/")
-    victim = sorted(out.iterdir())[1]
+    victim = sorted(out.glob("*.npy"))[1]
     victim.unlink()
     victim.mkdir()
     summary = embed_to(emb, [src], f"{out}/", overwrite=True, report=tmp_path / "r.jsonl")
