@@ -171,9 +171,13 @@ class _Run:
 
     def go(self, batch_size: int, workers: int | None) -> Summary:
         workers = default_workers() if workers is None else workers
+        before = None
         if self.folder and self.plan.items:
-            write_manifest(self.out, self.metadata, input_roots(self.plan.items), self.overwrite)
+            before = write_manifest(self.out, {**self.metadata, "format": self.plan.fmt.lstrip(".")},
+                                    input_roots(self.plan.items))
         steps = resume(self.plan.items, self.out if self.folder else None, self.plan.fmt, self.overwrite, workers)
+        if before:
+            steps = map(lambda step: claimed(step, before), steps)
         try:
             for step, result in embedded_in_order(self.embedder, steps, batch_size, workers):
                 self.handle(step, result)
@@ -215,14 +219,29 @@ class _Run:
             self.record(Outcome(str(item.path), "embedded", output=output))
 
 
+def input_root(item: Input) -> str:
+    """The folder an input's relative path starts from: DIR/a/b.jpg.npy came from <root>/a/b.jpg."""
+    path, depth = unicode_text(os.path.abspath(item.path)), len(item.rel.parts)
+    return str(Path(path).parents[depth - 1]) if depth else path
+
+
 def input_roots(items: Iterable[Input]) -> set[str]:
-    """The folders the inputs' relative paths start from: DIR/a/b.jpg.npy came from <root>/a/b.jpg."""
-    roots = set()
-    for item in items:
-        path = unicode_text(os.path.abspath(item.path))
-        depth = len(item.rel.parts)
-        roots.add(str(Path(path).parents[depth - 1]) if depth else path)
-    return roots
+    return {input_root(item) for item in items}
+
+
+def claimed(step: Step, roots: list[str]) -> Step:
+    """A skipped input whose output an earlier run wrote for ANOTHER image (same relative name, another input
+    folder that still holds it: photos/2023/IMG_1.jpg and photos/2024/IMG_1.jpg into one DIR/) fails, rather
+    than pass as done. Images that moved (the earlier folder no longer holds them) are skipped as usual."""
+    if step.status != "skipped" or input_root(step.item) in roots:
+        return step
+    for root in roots:
+        other = os.path.join(root, *step.item.rel.parts)
+        with contextlib.suppress(OSError):
+            if os.path.lexists(other) and not os.path.samefile(other, step.item.path):
+                return Step(step.item, "failed", f"its output {step.output} holds the embedding of {other}, from an "
+                                                 "earlier run: embed this folder into another output folder")
+    return step
 
 
 _DEVICE_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)

@@ -50,6 +50,9 @@ class _ErrorBoundary(TyperGroup):
                 raise
             _err(f"Error: {e}")
             raise typer.Exit(e.exit_code) from None
+        except BrokenPipeError:  # stdout's reader has gone (`| head -1`): stop quietly, as cat does
+            mute(1)
+            raise typer.Exit(141) from None
         except _ClickUsageError as e:
             # The parser's own errors, also one line: what is wrong, and where the help is.
             where = e.ctx.command_path if e.ctx is not None else "siglip"
@@ -371,11 +374,9 @@ def visualize(
     _err(f"wrote {output} ({result.width}x{result.height})")
 
 
-from . import cli_text  # noqa: E402  (the text commands, under this app's error boundary)
+from . import cli_text  # noqa: E402  (the text commands and convert, under this app's error boundary)
 
-app.command("embed-text", no_args_is_help=True, epilog=cli_text.TEXT_EXIT_CODES_HELP)(cli_text.embed_text)
-app.command("classify", no_args_is_help=True, epilog=cli_text.CLASSIFY_EXIT_CODES_HELP)(cli_text.classify)
-app.command("search", no_args_is_help=True, epilog=cli_text.TEXT_EXIT_CODES_HELP)(cli_text.search)
+cli_text.register(app)
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:

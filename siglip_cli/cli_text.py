@@ -1,10 +1,12 @@
-"""The text commands: `siglip embed-text`, `siglip classify`, `siglip search` (cli.py registers them, under its
-one error boundary). Each validates its options, calls text.py or search.py, and renders; no tensor code.
+"""The text commands, `siglip embed-text`, `siglip classify`, `siglip search`, and `siglip convert` (cli.py
+registers them under its one error boundary). Each validates its options, calls one library module (text.py,
+search.py, convert.py) and renders; no tensor code.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -15,6 +17,8 @@ from .console import err_line, printable
 from .errors import EXIT_FAILED, ImageError, UsageError
 
 TEXT_EXIT_CODES_HELP = "Exit codes: 0 done; 2 usage or model error."
+SEARCH_EXIT_CODES_HELP = ("Exit codes: 0 done (also with no results); 1 the --image query cannot be read; 2 usage "
+                          "or model error.")
 CLASSIFY_EXIT_CODES_HELP = "Exit codes: 0 every image classified; 1 some image failed; 2 usage or model error."
 
 
@@ -220,11 +224,47 @@ def search(
     for hit in hits:
         if as_json:
             typer.echo(json.dumps(hit.to_dict(), ensure_ascii=False))
-        elif paths:
-            typer.echo(printable(hit.source))
+        elif paths:  # the real bytes, undecodable ones too, one a line: what xargs -d '\n' needs
+            sys.stdout.flush()
+            sys.stdout.buffer.write(os.fsencode(hit.source) + b"\n")
         else:
             score = f"{hit.probability:7.2%}  cos {hit.cosine:+.3f}" if hit.probability is not None \
                 else f"cos {hit.cosine:+.3f}"
             typer.echo(f"{hit.rank:>4}  {score}  {printable(hit.source)}")
     if not hits and not (as_json or paths):
         err_line("no results" + (" above the threshold" if threshold is not None else ""))
+
+
+def convert(
+    source: opt.ConvertSource,
+    output: opt.ConvertOutput,
+    offline: opt.Offline = False,
+    cache_dir: opt.CacheDir = None,
+    debug: opt.Debug = False,
+) -> None:
+    """Write any checkpoint siglip reads as a Hugging Face transformers folder.
+
+    SOURCE: a transformers, timm or open_clip checkpoint folder, a big_vision .npz file, or a hub id.
+    The weights are loaded strictly (every tensor named and shape-checked) and written as
+    model.safetensors with config.json, preprocessor_config.json and the tokenizer files, so that
+    transformers (SiglipModel / SiglipVisionModel.from_pretrained) and other tools read them.
+
+    Examples:
+
+      siglip convert ./vit_base_patch16_siglip_224.webli/ -o siglip-base-hf/
+
+      siglip convert webli_en_b16_224_63724782.npz -o siglip-base-hf/
+    """
+    from .convert import convert as run
+    from .hub import resolve_model
+
+    source = resolve_model(source, offline=offline, cache_dir=cache_dir, note=err_line)
+    names = run(source, output, note=err_line)
+    err_line(f"wrote {output}: {', '.join(names)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("embed-text", no_args_is_help=True, epilog=TEXT_EXIT_CODES_HELP)(embed_text)
+    app.command("classify", no_args_is_help=True, epilog=CLASSIFY_EXIT_CODES_HELP)(classify)
+    app.command("search", no_args_is_help=True, epilog=SEARCH_EXIT_CODES_HELP)(search)
+    app.command("convert", no_args_is_help=True, epilog=TEXT_EXIT_CODES_HELP)(convert)

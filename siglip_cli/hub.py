@@ -323,12 +323,13 @@ def parse_model_spec(spec: str, revision: str | None = None) -> tuple[str, str |
 
 
 def _local_folder(spec: str) -> Path | None:
-    """The checkpoint directory a spec names, None for a hub id; an error for anything else."""
+    """The checkpoint directory (or big_vision .npz) a spec names, None for a hub id; an error for anything else."""
     path = Path(spec).expanduser()
-    if path.is_dir():
+    if path.is_dir() or (path.suffix.lower() == ".npz" and path.is_file()):  # big_vision's one-file checkpoints
         return path
     if path.exists():
-        raise ModelNotFoundError(f"model {spec!r} is a file: --model takes a checkpoint directory or a hub id")
+        raise ModelNotFoundError(f"model {spec!r} is a file: --model takes a checkpoint directory, a big_vision "
+                                 ".npz file or a hub id")
     if spec.startswith((".", "/", "~")) or "\\" in spec:
         raise ModelNotFoundError(f"model {spec!r}: no such directory, and not a Hugging Face model id "
                                  "(like google/siglip-base-patch16-224)")
@@ -345,7 +346,7 @@ def resolve_model(spec: str | Path | None, revision: str | None = None, *, offli
         raise ModelNotFoundError("--model is empty: give a checkpoint directory or a hub id")
     spec = str(spec) if spec is not None else DEFAULT_MODEL_ID
     folder = _local_folder(spec)
-    if folder is not None:
-        return ModelSource(path=folder, name=spec)
+    if folder is not None:  # recorded by its absolute path: search finds it again from any directory
+        return ModelSource(path=folder, name=os.path.abspath(folder))
     repo_id, revision = parse_model_spec(spec, revision)
     return ensure_model(repo_id, revision, offline=offline, progress=progress, note=note, cache_dir=cache_dir)

@@ -141,7 +141,8 @@ TextOutput = Annotated[Path, typer.Option(
 Images = Annotated[Optional[list[str]], typer.Argument(
     help="Image files, folders (recursive), or glob patterns.", show_default=False)]
 Labels = Annotated[Optional[str], typer.Option(
-    "--labels", "-l", show_default=False, help="Comma-separated labels, e.g. cat,dog,'red car'.")]
+    "--labels", "-l", show_default=False, help="Comma-separated labels, e.g. 'cat,dog,red car' (a label with a comma: "
+                                               "--labels-file).")]
 LabelsFile = Annotated[Optional[Path], typer.Option(
     "--labels-file", show_default=False, help="Labels, one a line (blank lines and # comments skipped).")]
 Template = Annotated[str, typer.Option(
@@ -163,3 +164,10 @@ Threshold = Annotated[Optional[float], typer.Option(
 SearchJson = Annotated[bool, typer.Option("--json", help="One JSON object a line: rank, path, probability, "
                                                          "cosine, embeddings file, row.")]
 PathsOnly = Annotated[bool, typer.Option("--paths", help="Only the image paths, one a line (for xargs).")]
+
+# siglip convert
+ConvertSource = Annotated[str, typer.Argument(
+    help="A checkpoint folder (transformers, timm, open_clip), a big_vision .npz file, or a hub id.",
+    show_default=False)]
+ConvertOutput = Annotated[Path, typer.Option(
+    "--output", "-o", show_default=False, help="The folder to write (new, or empty).")]

@@ -24,7 +24,8 @@ from typing import Sequence
 import numpy as np
 
 from .errors import OutputError, UsageError
-from .store import Collection, open_collection, top_k
+from .folder_index import open_collection
+from .store import Collection, top_k
 from .writers import read_manifest
 
 RANDOM = "random-init"
@@ -94,6 +95,7 @@ def recorded_model(paths: Sequence[str | Path], metas: Sequence[dict]) -> str:
     """The one model the files were embedded with (what search loads when no --model is given)."""
     named = {}
     for path, meta in zip(paths, metas):
+        check_same_model(path, meta, {"model": ""}, explicit=True) if meta.get("input") == "text" else None
         if not meta.get("model"):
             raise UsageError(f"{path}: no record of the model that made these embeddings (written by an older "
                              "siglip?): give it with --model")
@@ -114,7 +116,10 @@ def _model_key(meta: dict) -> str:
 
 
 def check_same_model(path: str | Path, meta: dict, identity: dict[str, str], explicit: bool) -> None:
-    """Refuse embeddings made by another model than the query's (their metadata says which)."""
+    """Refuse embeddings made by another model than the query's (their metadata says which), and text ones."""
+    if meta.get("input") == "text":
+        raise UsageError(f"{path}: holds text embeddings (written by `siglip embed-text`), not images: search "
+                         "what `siglip embed` wrote")
     if not meta.get("model"):
         if explicit:
             return  # nothing recorded (old .npy folders): the user vouches with --model

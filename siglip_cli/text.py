@@ -49,6 +49,12 @@ def prompts(labels: Sequence[str], template: str = DEFAULT_TEMPLATE) -> list[str
     if not labels:
         raise UsageError("no labels: give --labels cat,dog,car or --labels-file FILE (one label a line)")
     seen: set[str] = set()
+    for label in [*labels, template]:
+        try:
+            label.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UsageError(f"{label.encode('utf-8', 'backslashreplace').decode()!r} is not valid text (bytes "
+                             "that are not UTF-8): give labels and the template as UTF-8") from None
     for label in labels:
         if not label.strip():
             raise UsageError("an empty label: remove the extra comma or blank line")
@@ -171,6 +177,11 @@ class Siglip:
             from .embed import NO_HEAD
 
             raise UsageError(NO_HEAD)
+        n = patches.shape[1] if patches.ndim == 3 else 0
+        if math.isqrt(n) ** 2 != n or patches.shape[-1] != self.vision.config.hidden_size:
+            raise UsageError(f"rows of {list(patches.shape[1:])} are not this model's patch embeddings (a square grid "
+                             f"of {self.vision.config.hidden_size}-wide patches): a stacked .npy without its .json "
+                             "sidecar? search the files `siglip embed` wrote, with their sidecars")
         head = self.vision.vision_model.head
         param = next(head.parameters())
         out = [head(torch.from_numpy(np.ascontiguousarray(patches[i:i + batch_size]))

@@ -32,6 +32,10 @@ def check_output_file(path: Path) -> None:
     if suffix == ".npy" and len(os.fsencode(_sidecar(destination(path)[0]).name)) > NAME_MAX:
         raise UsageError(f"output {str(path)!r}: the name is too long for its sidecar {path.name}.json (over "
                          f"{NAME_MAX} bytes): choose a shorter name")
+    side = _sidecar(destination(path)[0])
+    if suffix == ".npy" and os.path.lexists(side) and not _is_sidecar(side):
+        raise UsageError(f"output {str(path)!r}: its sidecar would replace {side}, which is not a siglip sidecar "
+                         "(one of your files?): choose another output name")
 
 
 def output_format(path: Path) -> str:
@@ -68,11 +72,18 @@ def _drop_stale_sidecar(sidecar: Path) -> None:
     """A sidecar left by an earlier stacked run describes another array: it goes (if this process
     dies first, its recorded hash no longer matches and read_embeddings refuses the pair). Only a
     siglip sidecar is removed: a user's own file of that name is left alone."""
+    with contextlib.suppress(OSError):
+        if _is_sidecar(sidecar):
+            sidecar.unlink()
+
+
+def _is_sidecar(path: Path) -> bool:
+    """Whether `path` is a sidecar siglip wrote (a JSON object with sources and shape)."""
     with contextlib.suppress(OSError, ValueError):
-        if sidecar.is_file() and sidecar.stat().st_size < (1 << 30):
-            meta = json.loads(sidecar.read_bytes())
-            if isinstance(meta, dict) and {"sources", "shape"} <= meta.keys():
-                sidecar.unlink()
+        if path.is_file() and not path.is_symlink() and path.stat().st_size < (1 << 30):
+            meta = json.loads(path.read_bytes())
+            return isinstance(meta, dict) and {"sources", "shape"} <= meta.keys()
+    return False
 
 
 def _sidecar(path: Path) -> Path:
@@ -234,8 +245,9 @@ class StackedWriter:
 
 
 MANIFEST = ".siglip.json"  # in a folder output: what wrote its files, and the input folders they mirror
-# The metadata that decides what space the vectors live in: files differing here must not share a folder.
-SPACE_KEYS = ("model", "model_fingerprint", "pool", "norm", "image_size")
+# What must agree between the files of one folder: the vectors' space (the weights: their fingerprint, or the
+# model's name for files written before fingerprints; pooling, preprocessing, input size), and their form.
+SPACE_KEYS = ("model_fingerprint", "pool", "norm", "image_size", "dtype", "format")
 
 
 def read_manifest(out_dir: Path) -> dict | None:
@@ -255,23 +267,31 @@ def read_manifest(out_dir: Path) -> dict | None:
     return data
 
 
-def write_manifest(out_dir: Path, metadata: dict[str, object], roots: Iterable[str], overwrite: bool) -> None:
+def write_manifest(out_dir: Path, metadata: dict[str, object], roots: Iterable[str]) -> list[str] | None:
     """Record what writes into a folder output, before its first file: search reads the model from it and
-    finds each .npy file's image below `roots`. A folder already holding another model's (or pooling's)
-    embeddings is refused, unless `overwrite` (which re-embeds every input)."""
+    finds each .npy file's image below `roots`. A folder already holding embeddings of another model, pooling,
+    preprocessing, dtype or format is refused (--overwrite too: it would rewrite only this run's inputs and
+    leave the others' files, now described wrongly). Returns the roots recorded before (None: a new folder)."""
     old = read_manifest(out_dir)
-    if old is not None and not overwrite:
-        theirs = {k: old["metadata"].get(k) for k in SPACE_KEYS if k in old["metadata"]}
-        ours = {k: metadata.get(k) for k in theirs}
+    if old is not None:
+        keys = [k for k in SPACE_KEYS if k in old["metadata"] or k in metadata]
+        if not (old["metadata"].get("model_fingerprint") and metadata.get("model_fingerprint")):
+            keys = ["model", *(k for k in keys if k != "model_fingerprint")]  # older files: the names must agree
+        theirs = {k: old["metadata"].get(k) for k in keys}
+        ours = {k: metadata.get(k) for k in keys}
         if theirs != ours:
-            diff = ", ".join(f"{k} {theirs[k]!r} (this run: {ours[k]!r})" for k in theirs if theirs[k] != ours[k])
+            diff = ", ".join(f"{k} {theirs[k]!r} (this run: {ours[k]!r})" for k in keys if theirs[k] != ours[k])
+            if "model_fingerprint" in diff:
+                diff = f"model {old['metadata'].get('model')!r} (this run: {metadata.get('model')!r}), " + diff
             raise UsageError(f"output folder {out_dir} holds embeddings made with another setup: {diff}: use "
-                             "another output folder, or --overwrite to re-embed every input with this one")
-    known = [r for r in (old or {}).get("roots", []) if isinstance(r, str)] if old is not None else []
+                             "another output folder, or delete this one first")
+    known = [r for r in old.get("roots", []) if isinstance(r, str)] if old is not None else []
     roots = known + sorted(set(roots) - set(known))
     data = {"metadata": metadata, "roots": roots}
-    atomic_write_bytes(Path(out_dir) / MANIFEST, (json.dumps(data, indent=2, ensure_ascii=False) + "\n")
-                       .encode("utf-8", "surrogateescape"))
+    if old is None or old != data:
+        atomic_write_bytes(Path(out_dir) / MANIFEST, (json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+                           .encode("utf-8", "surrogateescape"))
+    return None if old is None else known
 
 
 def output_path_for(out_dir: Path, rel, suffix: str) -> Path:

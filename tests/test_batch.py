@@ -89,8 +89,8 @@ def test_folder_run_embeds_every_good_image_and_names_every_bad_one_once(photos,
     other = run_cli("embed", str(photos), "--model", str(tiny_model_dir), "-o", f"{out}/")
     assert other.returncode == 2
     assert other.stderr.strip() == (f"Error: output folder {out} holds embeddings made with another setup: pool "
-                                    "'map' (this run: 'none'): use another output folder, or --overwrite to "
-                                    "re-embed every input with this one")
+                                    "'map' (this run: 'none'): use another output folder, or delete this one "
+                                    "first")
     again = run_cli("embed", str(photos), "--model", str(tiny_model_dir), "-o", f"{out}/", "--max-pixels", "200000",
                     "--report", str(report), "--pool", "map")
     assert again.returncode == 1
@@ -326,3 +326,23 @@ def test_resume_decides_every_input_in_order_and_writes_nothing(tmp_path):
     again = list(resume(items, out, ".npy", overwrite=True))  # --overwrite: nothing looked up
     assert [s.status for s in again] == ["embed"] * 40 + ["failed"]
     assert [s.status for s in resume(items, None)] == ["embed"] * 40 + ["failed"]  # a file output
+
+
+def test_same_names_from_another_input_folder_fail_rather_than_pass_as_done(tiny_model_dir, tmp_path):
+    for year in ("y2023", "y2024"):
+        (tmp_path / year).mkdir()
+    shutil.copy(PHOTOS[0], tmp_path / "y2023" / "IMG_1.jpg")
+    shutil.copy(PHOTOS[2], tmp_path / "y2024" / "IMG_1.jpg")
+    shutil.copy(PHOTOS[1], tmp_path / "y2024" / "IMG_2.jpg")
+    assert run_cli("embed", "y2023", "-m", str(tiny_model_dir), "-o", "emb/", cwd=tmp_path).returncode == 0
+    proc = run_cli("embed", "y2024", "-m", str(tiny_model_dir), "-o", "emb/", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert (f"{Path('y2024/IMG_1.jpg')}: its output {Path('emb/IMG_1.jpg.npy')} holds the embedding of "
+            f"{tmp_path / 'y2023' / 'IMG_1.jpg'}, from an earlier run: embed this folder into another output folder"
+            in proc.stderr)
+    assert proc.stderr.strip().endswith("1 embedded, 0 skipped (output exists), 1 failed")
+    # the same images moved to a new folder: done already, skipped
+    assert run_cli("embed", "y2023", "-m", str(tiny_model_dir), "-o", "emb2/", cwd=tmp_path).returncode == 0
+    (tmp_path / "y2023").rename(tmp_path / "moved")
+    proc = run_cli("embed", "moved", "-m", str(tiny_model_dir), "-o", "emb2/", cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stderr.strip().endswith("0 embedded, 1 skipped (output exists), 0 failed")

@@ -7,9 +7,10 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from siglip_cli import store
+from siglip_cli import folder_index, store
 from siglip_cli.errors import OutputError, UsageError
-from siglip_cli.store import INDEX_DIR, INDEX_NAME, MANIFEST, open_collection, top_k, vectors
+from siglip_cli.folder_index import open_collection
+from siglip_cli.store import AGAIN, INDEX_DIR, INDEX_NAME, MANIFEST, top_k, vectors
 from siglip_cli.writers import StackedWriter, write_embeddings
 
 META = {"model": "acme/m", "revision": "abc", "pool": "map", "norm": "checkpoint", "image_size": 224}
@@ -160,12 +161,12 @@ def make_folder(tmp_path, n=12, suffix=".npy", dtype=np.float32, shape=(16,), me
 
 def count_reads(monkeypatch):
     read = []
-    real = store._open_file
+    real = folder_index._open_file
 
     def counting(p, single=False):
         read.append(p.name)
         return real(p, single)
-    monkeypatch.setattr(store, "_open_file", counting)
+    monkeypatch.setattr(folder_index, "_open_file", counting)
     return read
 
 
@@ -244,9 +245,9 @@ def test_bad_files_in_a_folder_are_skipped_and_noted(tmp_path, monkeypatch):
     c = open_collection(emb, note=notes.append)
     assert c.count == 3 and sorted(notes) == [
         f"skipped {emb / 'img02.jpg.npy'}: the file ends before its [16] array (an interrupted write or copy): "
-        "run `siglip embed` again",
+        "" + AGAIN,
         f"skipped {emb / 'junk.safetensors'}: not a readable .safetensors embeddings file (no safetensors header): "
-        "run `siglip embed` again"]
+        "" + AGAIN]
     read, notes2 = count_reads(monkeypatch), []
     assert open_collection(emb, note=notes2.append).count == 3
     assert read == [] and sorted(notes2) == sorted(notes)  # still named, not read again
@@ -256,10 +257,9 @@ def test_a_folder_without_a_manifest(tmp_path, monkeypatch):
     emb, photos, arrays = make_folder(tmp_path, n=3, suffix=".safetensors", manifest=False)
     c = open_collection(emb)
     assert c.metadata == META and c.sources() == [str(photos / r) for r in arrays]  # from the files themselves
-    index = (emb / INDEX_DIR / INDEX_NAME).stat()
+    assert not (emb / INDEX_DIR).exists()  # not a siglip output folder (no manifest): nothing is written there
     read = count_reads(monkeypatch)
-    assert open_collection(emb).metadata == META and read == []
-    assert (emb / INDEX_DIR / INDEX_NAME).stat().st_ino == index.st_ino  # unchanged: not rewritten
+    assert open_collection(emb).metadata == META and len(read) == 3  # so each search reads the files
     npy, _, _ = make_folder(tmp_path / "n", n=2, manifest=False)
     c = open_collection(npy)
     assert c.metadata == {} and c.sources() == ["img01.jpg", "sub/img00.jpg"]
@@ -319,7 +319,7 @@ def test_an_unwritable_folder_is_searched_without_an_index(tmp_path, monkeypatch
 
     def refuse(path, data):
         raise OutputError(f"cannot write {str(path)!r}: Read-only file system", 30)
-    monkeypatch.setattr(store, "atomic_write_bytes", refuse)
+    monkeypatch.setattr(folder_index, "atomic_write_bytes", refuse)
     notes = []
     c = open_collection(emb, note=notes.append)
     assert notes == [f"could not write the search index {emb / INDEX_DIR / INDEX_NAME} (Read-only file system): "
@@ -368,24 +368,24 @@ def test_errors_name_the_path_and_the_next_step(tmp_path):
           "written by `siglip embed -o DIR/`", tmp_path / "x.pt")
     np.save(tmp_path / "cube.npy", np.zeros((2, 3, 4), np.float32))
     fails(UsageError, f"{tmp_path / 'cube.npy'}: a [2, 3, 4] array is not image embeddings (or its sidecar "
-          "cube.npy.json, with the source paths, is missing): run `siglip embed` again", tmp_path / "cube.npy")
+          "cube.npy.json, with the source paths, is missing): " + AGAIN, tmp_path / "cube.npy")
     np.save(tmp_path / "ints.npy", np.zeros(3, np.int64))
     fails(UsageError, f"{tmp_path / 'ints.npy'}: a int64 array, not siglip embeddings (float32 or float16)",
           tmp_path / "ints.npy")
     write_stacked(tmp_path / "s.npy", np.ones((3, 4), np.float32))
     np.save(tmp_path / "s.npy", np.ones((2, 4), np.float32))  # a rewrite interrupted before its sidecar
     fails(OutputError, f"{tmp_path / 's.npy.json'} does not describe {tmp_path / 's.npy'} (shape [3, 4], array "
-          "[2, 4]): a write was interrupted; run `siglip embed` again", tmp_path / "s.npy")
+          "[2, 4]): a write was interrupted; " + AGAIN, tmp_path / "s.npy")
     write_stacked(tmp_path / "t.safetensors", np.ones((3, 4), np.float32))
     data = (tmp_path / "t.safetensors").read_bytes()
     (tmp_path / "t.safetensors").write_bytes(data[:-30])
     fails(OutputError, f"{tmp_path / 't.safetensors'}: not a readable .safetensors embeddings file (tensor 'sources' "
-          "is not F32, F16 or U8, or does not fit in the file (truncated?)): run `siglip embed` again",
+          "is not F32, F16 or U8, or does not fit in the file (truncated?)): " + AGAIN,
           tmp_path / "t.safetensors")
     from safetensors.numpy import save_file
     save_file({"other": np.ones(3, np.float32)}, tmp_path / "o.safetensors")
     fails(OutputError, f"{tmp_path / 'o.safetensors'}: not a readable .safetensors embeddings file (missing "
-          "'embeddings'): run `siglip embed` again", tmp_path / "o.safetensors")
+          "'embeddings'): " + AGAIN, tmp_path / "o.safetensors")
     write_stacked(tmp_path / "m.safetensors", np.ones((3, 4), np.float32), {**META, "pool": "mean"})
     fails(UsageError, f"{tmp_path / 'm.safetensors'}: mean-pooled embeddings are not in SigLIP's image-text space: "
           "embed with --pool map (or none)", tmp_path / "m.safetensors")
@@ -451,3 +451,12 @@ def test_memory_stays_flat_with_file_size(tmp_path):
         tracemalloc.stop()
     assert total == rows and hits[0].row % 4096 == 5
     assert peak < size / 10, f"peak {peak / 1e6:.0f} MB for a {size / 1e6:.0f} MB file"
+
+
+def test_a_folder_holding_output_folders_is_refused_not_mixed(tmp_path):
+    emb, _, _ = make_folder(tmp_path / "parent", n=2)
+    with pytest.raises(UsageError) as e:
+        open_collection(tmp_path / "parent")
+    assert str(e.value) == (f"{tmp_path / 'parent'} is not a siglip output folder but holds one, {emb}: search the "
+                            f"output folders themselves (e.g. siglip search QUERY {emb})")
+    assert not (tmp_path / "parent" / INDEX_DIR).exists()

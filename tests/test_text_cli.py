@@ -3,7 +3,10 @@
 import csv
 import io
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -151,3 +154,53 @@ def test_search_refuses_another_models_embeddings_in_one_line(full, tiny_ckpt, p
     proc = run_cli("search", "a cat", str(tmp_path / "v"))
     assert proc.returncode == 2 and "this checkpoint has no text tower" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_inspect_shapes_traces_the_text_tower_and_the_sigmoid_scores(full, tiny_ckpt):
+    proc = run_cli("inspect-shapes", "--tower", "text", "--batch-size", "3", "--json")
+    assert proc.returncode == 0, proc.stderr
+    stages = {s["name"]: s for s in json.loads(proc.stdout)["stages"]}
+    assert stages["input_ids"]["shape"] == [3, 64] and stages["last_token"]["shape"] == [3, 768]
+    assert stages["pooled"]["shape"] == [3, 768] and stages["probabilities"]["shape"] == [2, 3]
+    proc = run_cli("inspect-shapes", "--tower", "text", "--model", str(full))
+    assert proc.returncode == 0, proc.stderr
+    assert "sigmoid" in proc.stdout and "do not sum to 1" in proc.stdout
+    proc = run_cli("inspect-shapes", "--tower", "text", "--model", str(tiny_ckpt))
+    assert proc.returncode == 2 and "has no text tower" in proc.stderr and len(proc.stderr.splitlines()) == 1
+
+
+def test_review_cases_text_files_sidecars_raw_paths_and_spellings(full, photos, tmp_path):
+    # embed-text output is refused by search: texts are not images
+    run_cli("embed-text", "a cat", "--model", str(full), "-o", str(tmp_path / "t.npy"))
+    proc = run_cli("search", "a cat", str(tmp_path / "t.npy"), "--model", str(full))
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        f"Error: {tmp_path / 't.npy'}: holds text embeddings (written by `siglip embed-text`), not images: search "
+        "what `siglip embed` wrote")
+    # a user's own FILE.npy.json is never taken over as the sidecar
+    (tmp_path / "caps.npy.json").write_text("a cat\na dog\n")
+    proc = run_cli("embed-text", "--from-file", str(tmp_path / "caps.npy.json"), "--model", str(full),
+                   "-o", str(tmp_path / "caps.npy"))
+    assert proc.returncode == 2 and "which is not a siglip sidecar" in proc.stderr
+    assert (tmp_path / "caps.npy.json").read_text() == "a cat\na dog\n" and not (tmp_path / "caps.npy").exists()
+    # a relative --model is recorded absolute, and the same weights by another spelling share a folder
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    name = os.fsdecode(b"caf\xe9.jpg")
+    shutil.copy(PHOTOS[0], odd / name)
+    rel = os.path.relpath(full, tmp_path)
+    assert run_cli("embed", "odd", "--model", rel, "--pool", "map", "-o", "e/", cwd=tmp_path).returncode == 0
+    proc = run_cli("embed", "odd", "--model", str(full) + "/", "--pool", "map", "-o", "e/", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "siglip_cli", "search", "a cat", str(tmp_path / "e"), "--paths"],
+                          capture_output=True, cwd="/")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == os.fsencode(odd / name) + b"\n"  # the real bytes, for xargs
+
+
+def test_a_closed_pipe_is_not_a_failed_image(full, photos, tmp_path):
+    (tmp_path / "labels.txt").write_text("\n".join(f"label {i}" for i in range(3000)))  # output >> a pipe's 64 KB
+    proc = subprocess.run(f"{sys.executable} -m siglip_cli classify {photos} --labels-file {tmp_path / 'labels.txt'} "
+                          f"--json --model {full} | head -c 1 >/dev/null; echo ${{PIPESTATUS[0]}}", shell=True,
+                          executable="/bin/bash", capture_output=True, text=True)
+    assert proc.stdout.strip() == "141", proc.stderr  # as `cat` does; 1 would say an image failed
+    assert proc.stderr == ""
