@@ -1,15 +1,21 @@
-"""A checkpoint folder's files, read without torch: which files hold the weights, and the JSON configs.
+"""A checkpoint's files, read without torch: which kind it is, which files hold the weights, the JSON configs.
 
-A Hugging Face checkpoint is a directory with `config.json`, `model.safetensors` (or shards plus
-`model.safetensors.index.json`) and usually `preprocessor_config.json`. Only safetensors are ever read:
-pickles (*.bin, *.pt, *.pth) can run code when loaded, so they are never opened. Every file here is data
-from the internet, so each value is checked before anything is built from it.
+A checkpoint is a PATH: a folder, or a big_vision `.npz` file. Its kind (checkpoint_kind) comes from the files:
+- transformers: `config.json`, `model.safetensors` (or shards plus `model.safetensors.index.json`) and usually
+  `preprocessor_config.json`;
+- timm: `config.json` naming the timm `architecture` (e.g. vit_base_patch16_siglip_224), `model.safetensors`;
+- open_clip: `open_clip_config.json`, `open_clip_model.safetensors`;
+- big_vision: one `.npz` file.
+Only safetensors (and npz arrays, read without pickle) are ever read: pickles (*.bin, *.pt, *.pth) can run code
+when loaded, so they are never opened. Every file here is data from the internet, so each value is checked
+before anything is built from it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -19,13 +25,17 @@ from .tokenizer import TOKENIZER_FILES
 
 WEIGHTS_NAME = "model.safetensors"
 WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+OPEN_CLIP_CONFIG_NAME = "open_clip_config.json"
+OPEN_CLIP_WEIGHTS_NAME = "open_clip_model.safetensors"
+OPEN_CLIP_FILES = [OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_WEIGHTS_NAME]
+KINDS = ("transformers", "timm", "open_clip", "big_vision")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 # What the tool needs from a repository: configs, safetensors weights and the SentencePiece tokenizer (SigLIP's
 # spiece.model, SigLIP 2's Gemma tokenizer.model, with the token names of their configs); everything else
 # (tokenizer.json, TF/Flax/ONNX, pickles) is left alone.
 # A cached copy is complete with MODEL_FILES; the tokenizer is fetched when a text command first needs it.
 MODEL_FILES = ["config.json", "preprocessor_config.json", "model.safetensors", "model-*.safetensors",
-               WEIGHTS_INDEX_NAME]
+               WEIGHTS_INDEX_NAME, *OPEN_CLIP_FILES]
 NEEDED_FILES = MODEL_FILES + TOKENIZER_FILES
 # The JSON files of a checkpoint are kilobytes (so400m's index: ~80 KB); a bigger one is not a checkpoint's.
 MAX_JSON_BYTES = 16 << 20
@@ -54,6 +64,35 @@ def read_json(path: Path) -> object:
                               "re-download the checkpoint") from None
 
 
+def checkpoint_kind(path: Path) -> str:
+    """"transformers", "timm", "open_clip" or "big_vision", from the files alone (no tensor is read).
+
+    A config.json that cannot be read counts as transformers': read_config then names what is wrong with it.
+    """
+    path = Path(path)
+    if path.suffix == ".npz" and not path.is_dir():
+        return "big_vision"
+    if (path / OPEN_CLIP_CONFIG_NAME).is_file() and ((path / OPEN_CLIP_WEIGHTS_NAME).is_file()
+                                                     or not (path / "config.json").is_file()):
+        return "open_clip"
+    config = path / "config.json"
+    if config.is_file():
+        try:
+            data = read_json(config)
+        except CheckpointError:
+            return "transformers"
+        if isinstance(data, dict) and "architecture" in data:  # timm's key; transformers' is "architectures"
+            return "timm"
+    return "transformers"
+
+
+def config_file(path: Path) -> Path:
+    """The file a checkpoint's sizes are checked against, for messages: config.json, open_clip_config.json, or
+    the .npz file itself (its sizes come from its arrays)."""
+    kind = checkpoint_kind(path)
+    return path if kind == "big_vision" else path / (OPEN_CLIP_CONFIG_NAME if kind == "open_clip" else "config.json")
+
+
 def read_config(ckpt: Path) -> SiglipConfig:
     """config.json -> SiglipConfig (the vision tower, and the text tower when the file has one)."""
     path = ckpt / "config.json"
@@ -80,10 +119,19 @@ def read_preprocessor_config(ckpt: Path) -> dict | None:
 
 
 def is_full_checkpoint(ckpt: Path) -> bool:
-    """Whether config.json describes both towers (the weights then hold the text tower too)."""
+    """Whether the checkpoint holds both towers: a config.json with a text_config, an open_clip_config.json with a
+    text_cfg, or an .npz with `txt/` arrays (its member names, read without numpy). timm's hold one tower."""
+    kind = checkpoint_kind(ckpt)
     try:
-        return read_config(ckpt).text_config is not None
-    except CheckpointError:
+        if kind == "open_clip":
+            data = read_json(ckpt / OPEN_CLIP_CONFIG_NAME)
+            return isinstance(data, dict) and isinstance(data.get("model_cfg"), dict) \
+                and isinstance(data["model_cfg"].get("text_cfg"), dict)
+        if kind == "big_vision":
+            with zipfile.ZipFile(ckpt) as z:
+                return any(n.startswith(("txt/", "params/txt/")) for n in z.namelist())
+        return kind == "transformers" and read_config(ckpt).text_config is not None
+    except (CheckpointError, OSError, zipfile.BadZipFile):
         return False
 
 
@@ -94,8 +142,10 @@ def _inside(name: str) -> bool:
 
 
 def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
-    """The safetensors files of a checkpoint, each with the tensor names its index puts there (None: one
+    """The safetensors files of a checkpoint folder, each with the tensor names its index puts there (None: one
     unsharded file, whose names are in its own header)."""
+    if checkpoint_kind(ckpt) == "open_clip":
+        return _single(ckpt, OPEN_CLIP_WEIGHTS_NAME, f"{OPEN_CLIP_WEIGHTS_NAME}: not a complete open_clip checkpoint")
     index = ckpt / WEIGHTS_INDEX_NAME
     if index.is_file():
         data = read_json(index)
@@ -116,31 +166,63 @@ def weight_files(ckpt: Path) -> dict[Path, list[str] | None]:
                                       "checkpoint")
             files.setdefault(ckpt / shard, []).append(name)
         return files
-    single = ckpt / WEIGHTS_NAME
-    if single.is_file():
-        return {single: None}
-    pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    return _single(ckpt, WEIGHTS_NAME, f"{WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}: not a complete checkpoint")
+
+
+def _single(ckpt: Path, name: str, missing: str) -> dict[Path, None]:
+    """One unsharded safetensors file; without it, the pickles beside it are named and refused."""
+    if (ckpt / name).is_file():
+        return {ckpt / name: None}
+    pickles = sorted(p.name for p in ckpt.iterdir() if p.suffix in PICKLE_SUFFIXES) if ckpt.is_dir() else []
     if pickles:
         raise CheckpointError(
             f"{ckpt}: only pickle weights ({', '.join(pickles)}), which siglip never loads because unpickling "
-            "can run code: use a checkpoint with model.safetensors"
+            f"can run code: use a checkpoint with {name}"
         )
-    raise CheckpointError(f"{ckpt}: no {WEIGHTS_NAME} or {WEIGHTS_INDEX_NAME}: not a complete checkpoint")
+    raise CheckpointError(f"{ckpt}: no {missing}")
 
 
 def fingerprint(ckpt: Path) -> str:
     """A short id of the weights, recorded with every embedding so search can tell models apart: the same
     checkpoint gives the same id wherever it lies (the cache, a copy); a fine-tune gives another.
 
-    sha256 over config.json and, per weight file, its size and first and last 64 KiB (the header, and
-    tensor data at both ends): cheap at any size, and a different training run differs there.
+    sha256 over the config file (config.json, open_clip_config.json; none for an .npz) and, per weight file,
+    its size, its first and last 64 KiB, and 64 bytes at the start, middle and end of every tensor (found
+    from the safetensors header): a few hundred small reads at any size, and a fine-tune that changes any
+    tensor (a merged LoRA in one layer) changes its samples. An .npz's last 64 KiB hold the zip directory,
+    with every array's CRC-32. A shard that is not here (one holding only the text tower, which a vision
+    load never opens) is left out.
     """
-    h = hashlib.sha256((ckpt / "config.json").read_bytes())
-    for path in sorted(weight_files(ckpt)):
+    kind = checkpoint_kind(ckpt)
+    h = hashlib.sha256(b"" if kind == "big_vision" else config_file(ckpt).read_bytes())
+    for path in [ckpt] if kind == "big_vision" else sorted(weight_files(ckpt)):
+        if not path.is_file():
+            continue
         with path.open("rb") as f:
             size = f.seek(0, 2)
             f.seek(0)
             head = f.read(1 << 16)
             f.seek(max(0, size - (1 << 16)))
             h.update(f"{path.name}:{size}".encode() + head + f.read())
+            if path.suffix == ".safetensors":
+                for start, end in _tensor_spans(f, size):
+                    for at in (start, (start + end) // 2, max(start, end - 64)):
+                        f.seek(at)
+                        h.update(f.read(min(64, end - at)))
     return h.hexdigest()[:16]
+
+
+def _tensor_spans(f, size: int) -> list[tuple[int, int]]:
+    """The byte ranges of a safetensors file's tensors, from its header ([] when it is not readable: the
+    loader names that)."""
+    try:
+        f.seek(0)
+        n = int.from_bytes(f.read(8), "little")
+        if not 0 < n <= min(size - 8, 100 << 20):
+            return []
+        header = json.loads(f.read(n))
+        spans = [(8 + n + int(v["data_offsets"][0]), 8 + n + int(v["data_offsets"][1]))
+                 for k, v in header.items() if k != "__metadata__"]
+        return sorted((a, b) for a, b in spans if 8 + n <= a <= b <= size)
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError):
+        return []

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 from . import __version__
 from . import options as opt
 from .console import err_line, fill_standard_fds, mute
-from .errors import EXIT_FAILED, ImageError, SiglipError, SiglipWarning, UsageError
+from .errors import EXIT_FAILED, ImageError, SiglipError, SiglipWarning
 from .signals import install as catch_sigterm, unwind_on_sigterm
 
 # Typer vendors click; its UsageError (bad option values, unknown options) is BadParameter's base.
@@ -248,6 +248,7 @@ def download_weights(
 @app.command("models", epilog=HUB_EXIT_CODES_HELP)
 def models(
     as_json: opt.Json = False,
+    layouts: opt.ModelLayouts = False,
     cache_dir: opt.CacheDir = None,
     debug: opt.Debug = False,
 ) -> None:
@@ -259,6 +260,8 @@ def models(
 
       siglip models
 
+      siglip models --layouts      # the same weights in timm's and open_clip's layouts
+
       siglip models --json
     """
     from .catalog import model_rows
@@ -267,115 +270,15 @@ def models(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    from .views import MODELS_FOOTNOTE, print_models
+    from .views import LAYOUTS_FOOTNOTE, MODELS_FOOTNOTE, print_models
 
-    print_models(rows)
-    typer.echo(MODELS_FOOTNOTE)
-
-
-@app.command("inspect-shapes")
-def inspect_shapes(
-    model: opt.ConfigModel = None,
-    preset: opt.Preset = None,
-    tower: opt.Tower = "vision",
-    image: opt.ShapesImage = None,
-    batch_size: opt.ShapesBatch = 1,
-    layer: opt.Layer = 0,
-    image_size: opt.ImageSize = None,
-    as_json: opt.ShapesJson = False,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    debug: opt.Debug = False,
-) -> None:
-    """Show how tensor shapes change through SigLIP's vision tower (or text tower), attention in detail.
-
-    The shapes come from a real forward pass of the model on PyTorch's meta device (shapes without
-    data), through the step-by-step attention path: patchify, flatten, transpose, position
-    embeddings; one encoder layer opened up (q, k, v, split into heads, scores, softmax, weighted
-    sum, merge, MLP); the other layers; the attention-pooling head. With FLOPs and parameter counts.
-    --tower text: token and position embeddings, the same layers, the last token's vector and the head,
-    then how a batch of images is scored against a batch of texts (cosine, scale, bias, sigmoid).
-
-    Examples:
-
-      siglip inspect-shapes
-
-      siglip inspect-shapes --preset so400m --layer 5
-
-      siglip inspect-shapes --tower text --batch-size 3
-
-      siglip inspect-shapes --model google/siglip-base-patch16-384 --image photo.jpg --json
-    """
-    from .shapes import MODEL_OR_PRESET, describe
-
-    if model and preset:
-        raise UsageError(MODEL_OR_PRESET)
-    folder = None
-    if model:
-        from .hub import config_folder
-
-        folder = config_folder(model, offline=offline, cache_dir=cache_dir)  # config.json only: no weights
-    report = describe(folder, preset, image, batch_size, layer, image_size, tower=tower)
-    if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
-        return
-    from rich.console import Console
-
-    from .shapes import render
-
-    render(report, Console(highlight=False))
+    print_models(rows, layouts)
+    typer.echo(LAYOUTS_FOOTNOTE if layouts else MODELS_FOOTNOTE)
 
 
-@app.command("visualize", no_args_is_help=True)
-def visualize(
-    image: opt.Image,
-    output: opt.Png,
-    model: opt.Model = None,
-    random_init: opt.RandomInit = False,
-    compare_random: opt.CompareRandom = False,
-    norm: opt.NormPreset = "auto",
-    image_size: opt.ImageSize = None,
-    offline: opt.Offline = False,
-    cache_dir: opt.CacheDir = None,
-    debug: opt.Debug = False,
-) -> None:
-    """Draw one PNG of what the model does with an image.
+from . import cli_learn, cli_text  # noqa: E402  (more commands, under this app's error boundary)
 
-    Panels: the input as the model sees it, with its patch grid; the patch embeddings projected to
-    three colours by PCA; the pooling head's attention over the patches; the last layer's attention,
-    mean over heads and per head.
-
-    Examples:
-
-      siglip visualize photo.jpg -o photo.png
-
-      siglip visualize photo.jpg -o compare.png --model google/siglip-base-patch16-224 --compare-random
-    """
-    if output.suffix.lower() != ".png":
-        raise UsageError(f"output {str(output)!r} must end in .png")
-    if compare_random and random_init:
-        raise UsageError("--compare-random puts the untrained model beside a checkpoint: use it with --model, "
-                         "not with --random-init")
-    from .decode import load_image
-    from .model import SiglipVisionModel
-    from .visualize import png_bytes, render
-    from .writers import atomic_write_bytes, check_writable
-
-    check_writable(output)
-    picture = load_image(image)
-    emb = _embedder(model, random_init, offline, cache_dir, norm=norm, image_size=image_size, device="cpu")
-    title = f"{emb.model.name_or_path} - {image.name}"
-    if random_init:
-        title += "  (UNTRAINED: random weights, the patterns mean nothing)"
-        _err("Warning: --random-init: untrained random weights; the picture shows an untrained model.")
-    compare = SiglipVisionModel.random_init(emb.model.config) if compare_random else None
-    result = render(picture, emb.preprocessing, emb.model, title, compare)
-    atomic_write_bytes(output, png_bytes(result))
-    _err(f"wrote {output} ({result.width}x{result.height})")
-
-
-from . import cli_text  # noqa: E402  (the text commands and convert, under this app's error boundary)
-
+cli_learn.register(app)
 cli_text.register(app)
 
 

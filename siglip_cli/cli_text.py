@@ -54,12 +54,13 @@ def embed_text(
       siglip embed-text --from-file captions.txt -o captions.safetensors
     """
     from .inputs import read_text_lines
-    from .writers import StackedWriter, check_output_file
+    from .writers import StackedWriter, check_output_file, check_sidecar_free
 
     all_texts = list(texts or []) + (read_text_lines(from_file, "--from-file") if from_file else [])
     if not all_texts:
         raise UsageError("no texts: give them as arguments (quoted), or --from-file FILE (one a line)")
     check_output_file(output)
+    check_sidecar_free(output)
     if from_file and from_file != "-" and output.exists() and Path(from_file).exists() \
             and output.samefile(from_file):
         raise UsageError(f"output {str(output)!r} is also the --from-file input: choose another output file")

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .checkpoint import (MODEL_FILES, NEEDED_FILES, PICKLE_SUFFIXES, TOKENIZER_FILES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME,
-                         ModelSource, is_full_checkpoint, read_config)
+from .checkpoint import (MODEL_FILES, NEEDED_FILES, OPEN_CLIP_CONFIG_NAME, OPEN_CLIP_FILES, OPEN_CLIP_WEIGHTS_NAME,
+                         PICKLE_SUFFIXES, TOKENIZER_FILES, WEIGHTS_INDEX_NAME, WEIGHTS_NAME, ModelSource,
+                         checkpoint_kind, is_full_checkpoint, read_config)
 from .config import DEFAULT_MODEL_ID
 from .errors import (ChecksumError, CheckpointError, HubError, HubUnreachableError, ModelNotFoundError,  # noqa: F401
                      SiglipWarning)
@@ -133,13 +134,18 @@ def select_files(repo_id: str, names: list[str]) -> list[str]:
     import fnmatch
 
     wanted = sorted(n for n in names if any(fnmatch.fnmatch(n, p) for p in NEEDED_FILES))
+    if OPEN_CLIP_WEIGHTS_NAME in wanted and OPEN_CLIP_CONFIG_NAME in wanted:  # an open_clip repository
+        return [n for n in wanted if n not in MODEL_FILES or n in OPEN_CLIP_FILES]
+    wanted = [n for n in wanted if n not in OPEN_CLIP_FILES]
     if WEIGHTS_NAME not in wanted and WEIGHTS_INDEX_NAME not in wanted:
         pickles = sorted(n for n in names if n.endswith(PICKLE_SUFFIXES))
         other = f" (only {', '.join(pickles)})" if pickles else ""
         raise CheckpointError(f"{repo_id} has no safetensors weights{other}: siglip never unpickles weights; "
-                              "choose a repository with model.safetensors (see `siglip models`)")
+                              f"choose a repository with {WEIGHTS_NAME} or {OPEN_CLIP_WEIGHTS_NAME} (see `siglip "
+                              "models --layouts`)")
     if "config.json" not in wanted:
-        raise CheckpointError(f"{repo_id} has no config.json: not a Hugging Face SigLIP checkpoint")
+        raise CheckpointError(f"{repo_id} has no config.json: not a Hugging Face (transformers or timm) SigLIP "
+                              "checkpoint")
     return wanted
 
 
@@ -170,9 +176,10 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
         info = api.model_info(repo_id, revision=commit, files_metadata=True)
         siblings = {s.rfilename: s for s in info.siblings or []}
         files = select_files(repo_id, list(siblings))
-        config_path = Path(hf_hub_download(repo_id, "config.json", revision=resolved, cache_dir=cache_dir,
+        config_name = OPEN_CLIP_CONFIG_NAME if OPEN_CLIP_CONFIG_NAME in files else "config.json"
+        config_path = Path(hf_hub_download(repo_id, config_name, revision=resolved, cache_dir=cache_dir,
                                            local_dir=local_dir))
-        read_config(config_path.parent)  # an unsupported architecture is refused before the weights come
+        check_config(config_path.parent)  # an unsupported architecture is refused before the weights come
         full = is_full_checkpoint(config_path.parent)
         if not full:  # a vision-only checkpoint has no use for a tokenizer
             files = [f for f in files if f not in TOKENIZER_FILES]
@@ -202,6 +209,17 @@ def download_weights(repo_id: str, revision: str | None = None, *, cache_dir: Pa
                          "files metadata, tree hash or hash ETag)")
     return Downloaded(repo_id, commit, folder, {f: (folder / f).stat().st_size for f in files}, full,
                       tuple(sorted(expected)), unverified)
+
+
+def check_config(folder: Path) -> None:
+    """The config file of a transformers, timm or open_clip checkpoint, checked without its weights."""
+    kind = checkpoint_kind(folder)
+    if kind in ("timm", "open_clip"):
+        from .timm_layout import read_settings
+
+        read_settings(kind, folder)
+    else:
+        read_config(folder)
 
 
 def _warn_unverified(repo_id: str, names: tuple[str, ...], reason: str) -> None:

@@ -6,8 +6,10 @@ tensor or transpose a kernel, not only rename one key at a time. Values are `Laz
 conversion composes them with `derive`, and nothing is read from disk until the loader reads the
 tensors the target model needs (a shape check reads headers only).
 
-Today's layout is Hugging Face transformers' (three variants, below); timm, open_clip and big_vision
-are next, each one more entry in LAYOUTS.
+Hugging Face transformers' layout (three variants, below) is here; timm's and open_clip's are in
+timm_layout.py, big_vision's in bigvision.py. Which one a checkpoint uses follows from its files
+(checkpoint.checkpoint_kind: config.json, a timm config.json, open_clip_config.json, an .npz) and is
+confirmed by its tensor names (each Layout's `matches`); weights.read_checkpoint puts the two together.
 """
 
 from __future__ import annotations
@@ -79,8 +81,9 @@ class Layout:
 
 
 TRANSFORMERS = Layout("transformers", lambda names: True, convert_transformers)
-# In order: the first whose `matches` holds is used. transformers' comes last: it also takes what no other
-# layout recognises, and the strict check then names what does not fit.
+# The layouts of a transformers checkpoint folder, in order: the first whose `matches` holds is used.
+# transformers' comes last: it also takes what no other layout recognises, and the strict check then names
+# what does not fit. (timm, open_clip and big_vision files are told apart by their files: see above.)
 LAYOUTS: tuple[Layout, ...] = (TRANSFORMERS,)
 
 

@@ -49,6 +49,8 @@ ImageSize = Annotated[Optional[int], typer.Option(
          "embeddings are interpolated.")]
 Device = _choice(DEVICES, "--device", help="Where the model runs.")
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ModelLayouts = Annotated[bool, typer.Option("--layouts", help="Where each model is in timm's and open_clip's "
+                                                              "layouts (hub ids).")]
 
 # siglip embed
 Inputs = Annotated[Optional[list[str]], typer.Argument(

@@ -23,7 +23,8 @@ from .atomic import atomic_write_bytes, check_folder_writable, destination, spec
 from .decode import prefetch
 from .errors import ImageError, OutputError, SiglipError, UsageError
 from .inputs import Input, collect, parse_shard, shard
-from .writers import FORMATS, check_output_file, check_writable, output_path_for, refuse_overwriting_inputs
+from .writers import (FORMATS, check_output_file, check_sidecar_free, check_writable, output_path_for,
+                      refuse_overwriting_inputs)
 
 
 @dataclass
@@ -123,6 +124,8 @@ def plan_embed(arguments: list[str], output: str | Path, *, files_from: str | No
     single = not folder and _one_named_file(arguments, files_from)
     if single and items[0].error:
         raise ImageError(str(items[0].path), items[0].error)
+    if not folder and not single:
+        check_sidecar_free(out)
     return Plan(no_collisions(items, out, fmt) if folder else items, out, folder, single, fmt, report)
 
 
@@ -139,6 +142,8 @@ def plan_items(inputs: Iterable[str | Path | Input], output: str | Path, *, fmt:
         report = Path(report)
         check_report(report, out, folder, items, fmt)
     single = not folder and not (stack if stack is not None else len(items) != 1)
+    if not folder and not single:
+        check_sidecar_free(out)
     return Plan(no_collisions(items, out, fmt) if folder else items, out, folder, single, fmt, report)
 
 

@@ -302,10 +302,12 @@ def describe(folder: Path | None, preset: str | None, image, batch_size: int = 1
         raise UsageError("--text is for --tower text: the vision tower's batch is --batch-size images")
     preprocessor = None
     if folder is not None:
-        from .checkpoint import read_config, read_preprocessor_config
+        from .checkpoint import checkpoint_kind, read_preprocessor_config
+        from .weights import read_any_config
 
-        config = read_config(Path(folder)).vision_config
-        preprocessor = read_preprocessor_config(Path(folder))
+        config = read_any_config(Path(folder)).vision_config  # any layout; a foreign one's sizes from its tensors
+        preprocessor = read_preprocessor_config(Path(folder)) if checkpoint_kind(Path(folder)) == "transformers" \
+            else None
     else:
         config = PRESETS[preset or "base"]
     image_shape = pixels_shape = None
@@ -333,9 +335,9 @@ def _describe_text(folder, preset, image, batch_size, layer, image_size, texts) 
                              "(the texts' count is the batch)")
         batch_size = len(texts)
     if folder is not None:
-        from .checkpoint import read_config
+        from .weights import read_any_config
 
-        config = read_config(Path(folder))
+        config = read_any_config(Path(folder))
         if config.text_config is None:
             raise CheckpointError(f"{folder}: this checkpoint has no text tower (a vision-only config.json): "
                                   "--tower text needs a full SigLIP checkpoint")

@@ -22,20 +22,30 @@ def download_summary(done: Downloaded) -> str:
 MODELS_FOOTNOTE = "params: vision tower; download: full checkpoint (both towers, float32), estimated"
 
 
-def print_models(rows: list[dict]) -> None:
-    """The known checkpoints (catalog.model_rows) as a table on stdout; MODELS_FOOTNOTE goes below it."""
+LAYOUTS_FOOTNOTE = ("the same weights in timm's and open_clip's layouts, on the hub; siglip reads all three "
+                    "(--model timm/...)")
+
+
+def print_models(rows: list[dict], layouts: bool = False) -> None:
+    """The known checkpoints (catalog.model_rows) as a table on stdout; MODELS_FOOTNOTE (or, with layouts, the
+    table of where each exists in each layout, and LAYOUTS_FOOTNOTE) goes below it."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, collapse_padding=True)
-    for name, justify in (("model", "left"), ("width", "right"), ("depth", "right"), ("patch", "right"),
-                          ("px", "right"), ("params", "right"), ("download", "right"), ("cached", "left")):
-        table.add_column(name, justify=justify, no_wrap=True)
+    columns = (("model", "timm", "open_clip") if layouts else
+               ("model", "width", "depth", "patch", "px", "params", "download", "cached"))
+    for name in columns:
+        table.add_column(name, justify="left" if name in ("model", "cached", "timm", "open_clip") else "right",
+                         no_wrap=True)
     for r in rows:
+        if layouts:
+            table.add_row(r["id"], r["timm"], r["open_clip"])
+            continue
         table.add_row(r["id"], str(r["width"]), str(r["depth"]), str(r["patch"]), str(r["resolution"]),
                       f"{r['vision_params'] / 1e6:.0f}M", "~" + human_size(r["download_bytes"]),
                       "yes" if r["cached"] else "")
     console = Console()
     if not console.is_terminal:
-        console = Console(width=120)  # piped to a file or another program: never cut a model id
+        console = Console(width=160)  # piped to a file or another program: never cut a model id
     console.print(table)

@@ -1,10 +1,12 @@
-"""Loading a checkpoint folder into a model class: local files only, never the network (that is hub.py).
+"""Loading a checkpoint into a model class: local files only, never the network (that is hub.py).
 
     model = load_model(SiglipVisionModel, Path("ckpt/"))
 
-The safetensors files are opened lazily (a sharded checkpoint's shards that hold only the text tower are
-never opened), the names are converted by the checkpoint's layout (layouts.py), the model's own keys say
-which tensors are read, and the load is strict: every missing, unexpected or misshapen tensor is named.
+A checkpoint is a folder (transformers, timm, open_clip) or a big_vision `.npz` file; read_checkpoint gives
+its config, preprocessing, tensors (lazily: a sharded checkpoint's shards that hold only the text tower are
+never opened) and layout, whatever the kind. The names are converted by the layout (layouts.py,
+timm_layout.py, bigvision.py), the model's own keys say which tensors are read, and the load is strict:
+every missing, unexpected or misshapen tensor is named.
 """
 
 from __future__ import annotations
@@ -16,11 +18,12 @@ from typing import Iterator, Mapping
 
 import torch
 
-from .checkpoint import (ModelSource, fingerprint, read_config, read_preprocessor_config, weight_files,
-                         WEIGHTS_INDEX_NAME)
-from .config import check_fits_in_memory, shown
+from .checkpoint import (ModelSource, checkpoint_kind, config_file, fingerprint, read_config,
+                         read_preprocessor_config, weight_files, WEIGHTS_INDEX_NAME)
+from .config import SiglipConfig, SiglipTextConfig, check_fits_in_memory, shown
 from .errors import CheckpointError, SiglipWarning
-from .layouts import Lazy, detect_layout, for_model
+from .layouts import Layout, Lazy, detect_layout, for_model
+from . import timm_layout
 
 # safetensors dtypes the model can compute with (converted to the load dtype); integers and bools are not
 # weights, and torch refuses them as parameters only after loading, with a traceback.
@@ -91,7 +94,7 @@ class SafetensorsTensors(Mapping[str, Lazy]):
 
 
 def _name_list(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
+    shown = ", ".join(k if len(k) <= 200 else k[:200] + "..." for k in keys[:limit])  # a name can be kilobytes
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
@@ -101,7 +104,8 @@ def expected_shapes(cls: type, config) -> dict[str, tuple[int, ...]]:
         return {k: tuple(v.shape) for k, v in cls(config).state_dict().items()}
 
 
-def check_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str) -> None:
+def check_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[int, ...]], where: str,
+                 against: str = "config.json") -> None:
     """Strict: every key present, none extra, every shape equal to what the config implies."""
     missing = sorted(set(expected) - set(found))
     unexpected = sorted(set(found) - set(expected))
@@ -115,24 +119,73 @@ def check_shapes(found: dict[str, tuple[int, ...]], expected: dict[str, tuple[in
     if wrong:
         problems.append(f"shape mismatch: {_name_list(wrong, 3)}")
     if problems:
-        raise CheckpointError(f"{where}: weights do not fit config.json: {'; '.join(problems)}")
+        raise CheckpointError(f"{where}: weights do not fit {against}: {'; '.join(problems)}")
 
 
-def checked_state(ckpt: Path, cls: type, config, stack: contextlib.ExitStack) -> dict[str, Lazy]:
+def read_checkpoint(path: Path, stack: contextlib.ExitStack) -> tuple[SiglipConfig, dict | None, Mapping[str, Lazy],
+                                                                      Layout]:
+    """Any kind of checkpoint -> (its config, its preprocessor_config.json dict or None, its tensors by their own
+    names, its layout). Only configs and headers are read; the files stay open until `stack` closes."""
+    path = Path(path)
+    kind = checkpoint_kind(path)
+    if kind == "big_vision":
+        from .bigvision import LAYOUT, NpzTensors, config_from, preprocessor_from
+
+        tensors = NpzTensors(path)
+        if hasattr(tensors, "close"):
+            stack.callback(tensors.close)
+        return config_from(tensors), preprocessor_from(tensors), tensors, LAYOUT
+    if path.is_file():
+        raise CheckpointError(f"{path}: a file, not a checkpoint folder nor a big_vision .npz file: use the folder "
+                              "that holds the checkpoint's config and weights")
+    if kind == "transformers":
+        config, preprocessor = read_config(path), read_preprocessor_config(path)
+        tensors = SafetensorsTensors(path, stack)
+        return config, preprocessor, tensors, detect_layout(list(tensors))
+    tensors = SafetensorsTensors(path, stack)
+    config, preprocessor = timm_layout.config_from(kind, path, tensors)
+    return config, preprocessor, tensors, timm_layout.LAYOUTS[kind]
+
+
+def read_any_config(path: Path) -> SiglipConfig:
+    """The config of a checkpoint of any kind: config.json's, or derived from the tensors' headers."""
+    if checkpoint_kind(Path(path)) == "transformers" and Path(path).is_dir():
+        return read_config(Path(path))
+    with contextlib.ExitStack() as stack:
+        return read_checkpoint(Path(path), stack)[0]
+
+
+def model_config(config: SiglipConfig, cls: type, path: Path):
+    """The part of a checkpoint's config that `cls` is built from; a text tower the checkpoint lacks is named
+    with the reason its kind gives."""
+    kind = checkpoint_kind(path)
+    try:
+        if cls.config_class is SiglipConfig:
+            config.part(SiglipTextConfig)
+        return config.part(cls.config_class)
+    except CheckpointError:
+        if kind == "transformers" or config.text_config is not None:
+            raise
+        raise CheckpointError(timm_layout.no_text_tower(kind, path)) from None
+
+
+def checked_state(path: Path, tensors: Mapping[str, Lazy], layout: Layout, cls: type, config) -> dict[str, Lazy]:
     """The checkpoint's tensors for `cls(config)`, converted from its layout and checked (names, shapes,
     dtypes) from the headers alone: nothing is read yet."""
-    tensors = SafetensorsTensors(ckpt, stack)
     expected = expected_shapes(cls, config)
-    state = for_model(detect_layout(list(tensors)).convert(tensors, config), expected)
-    check_shapes({k: v.shape for k, v in sorted(state.items())}, expected, str(ckpt))
+    state = for_model(layout.convert(tensors, config), expected)
+    kind = checkpoint_kind(path)
+    against = "the sizes its arrays imply" if kind == "big_vision" else config_file(path).name
+    check_shapes({k: v.shape for k, v in sorted(state.items())}, expected, str(path), against)
     return state
 
 
 def check_checkpoint(ckpt: Path, cls: type):
-    """Config and safetensors headers agree with `cls` (names and shapes), without reading any tensor data."""
-    config = read_config(ckpt).part(cls.config_class)
+    """Config and headers agree with `cls` (names and shapes), without reading any tensor data."""
     with contextlib.ExitStack() as stack:
-        checked_state(ckpt, cls, config, stack)
+        config, _, tensors, layout = read_checkpoint(ckpt, stack)
+        config = model_config(config, cls, ckpt)
+        checked_state(ckpt, tensors, layout, cls, config)
     return config
 
 
@@ -148,14 +201,15 @@ def warn_non_finite(state: dict[str, torch.Tensor], limit: int = 3) -> None:
 
 
 def load_model(cls: type, source: ModelSource | Path | str, dtype: torch.dtype = torch.float32):
-    """Build `cls` for a checkpoint folder's config and load its weights strictly (memory-mapped, no copy
-    when the stored dtype is the load dtype)."""
+    """Build `cls` for a checkpoint's config and load its weights strictly (memory-mapped, no copy when the
+    stored dtype is the load dtype and the layout keeps the tensor as stored)."""
     if not isinstance(source, ModelSource):
         source = ModelSource(Path(source), str(source))
-    config = read_config(source.path).part(cls.config_class)
-    check_fits_in_memory(config, str(source.path / "config.json"))
     with contextlib.ExitStack() as stack:
-        state = {k: v.read() for k, v in checked_state(source.path, cls, config, stack).items()}
+        config, preprocessor, tensors, layout = read_checkpoint(source.path, stack)
+        config = model_config(config, cls, source.path)
+        check_fits_in_memory(config, str(config_file(source.path)))
+        state = {k: v.read() for k, v in checked_state(source.path, tensors, layout, cls, config).items()}
     # Built on the meta device: no time spent initialising weights that are about to be replaced.
     with torch.device("meta"):
         model = cls(config)
@@ -164,6 +218,6 @@ def load_model(cls: type, source: ModelSource | Path | str, dtype: torch.dtype =
     model.load_state_dict(state, strict=True, assign=True)
     model.name_or_path = source.name
     model.revision = source.revision
-    model.preprocessor_config = read_preprocessor_config(source.path)
+    model.preprocessor_config = preprocessor
     model.fingerprint = fingerprint(source.path)
     return model.eval()

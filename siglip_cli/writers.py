@@ -32,8 +32,12 @@ def check_output_file(path: Path) -> None:
     if suffix == ".npy" and len(os.fsencode(_sidecar(destination(path)[0]).name)) > NAME_MAX:
         raise UsageError(f"output {str(path)!r}: the name is too long for its sidecar {path.name}.json (over "
                          f"{NAME_MAX} bytes): choose a shorter name")
+
+
+def check_sidecar_free(path: Path) -> None:
+    """A stacked .npy output writes FILE.npy.json beside it: never over a file siglip did not write."""
     side = _sidecar(destination(path)[0])
-    if suffix == ".npy" and os.path.lexists(side) and not _is_sidecar(side):
+    if output_format(path) == ".npy" and os.path.lexists(side) and not _is_sidecar(side):
         raise UsageError(f"output {str(path)!r}: its sidecar would replace {side}, which is not a siglip sidecar "
                          "(one of your files?): choose another output name")
 

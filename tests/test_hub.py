@@ -321,6 +321,12 @@ def test_models_lists_known_checkpoints_and_the_cache(hub, tmp_path):
     assert line.split()[1:6] == ["768", "12", "16", "224", "93M"] and line.rstrip().endswith("yes")
     proc = run_cli("models", "--json", env=hub_env(hub, tmp_path))
     assert len(json.loads(proc.stdout)) == len(rows)
+    assert (base["timm"], base["open_clip"]) == ("timm/vit_base_patch16_siglip_224.webli", "timm/ViT-B-16-SigLIP")
+    proc = run_cli("models", "--layouts", env=hub_env(hub, tmp_path))
+    line = next(ln for ln in proc.stdout.splitlines() if ln.startswith("google/siglip2-so400m-patch14-384 "))
+    assert line.split() == ["google/siglip2-so400m-patch14-384", "timm/vit_so400m_patch14_siglip_378.v2_webli",
+                            "timm/ViT-SO400M-14-SigLIP2-378"]
+    assert len({r["timm"] for r in rows.values()}) == len(rows) == len({r["open_clip"] for r in rows.values()})
 
 
 def test_disk_full_is_one_clear_line():
@@ -451,3 +457,30 @@ def test_the_summary_says_whether_the_files_were_verified(hub, tmp_path):
         proc = run_cli("download-weights", *args, env=env)
         assert proc.returncode == 0, proc.stderr
         assert line in proc.stdout.splitlines(), proc.stdout
+
+
+def test_timm_and_open_clip_repositories_download_their_safetensors_only(tmp_path):
+    pytest.importorskip("timm")
+    from test_layouts import ARCH, TIMM_TINY, open_clip_folder, save_timm, timm_model, vision_cfg
+
+    model = timm_model()
+    save_timm(model, tmp_path / "timm")
+    (tmp_path / "timm" / "pytorch_model.bin").write_bytes(b"pickle" * 100)
+    state = {f"visual.trunk.{k}": v for k, v in model.state_dict().items()}
+    open_clip_folder(tmp_path / "oc", state, {"embed_dim": 32, "vision_cfg": vision_cfg(timm_model_kwargs=TIMM_TINY)})
+    (tmp_path / "oc" / "open_clip_pytorch_model.bin").write_bytes(b"pickle" * 100)
+    with FakeHub() as h:
+        h.add_repo(f"timm/{ARCH}.tiny", tmp_path / "timm")
+        h.add_repo("timm/ViT-tiny-SigLIP", tmp_path / "oc")
+        env = hub_env(h, tmp_path)
+        for repo, files in ((f"timm/{ARCH}.tiny", ["config.json", "model.safetensors"]),
+                            ("timm/ViT-tiny-SigLIP", ["open_clip_config.json", "open_clip_model.safetensors"])):
+            proc = run_cli("download-weights", repo, env=env)
+            assert proc.returncode == 0, proc.stderr
+            assert snapshot_files(tmp_path, repo) == files and "checksum: verified (2 files)" in proc.stdout
+            out = tmp_path / f"{repo.split('/')[1]}.npy"
+            proc = run_cli("embed", str(PHOTOS[0]), "--model", repo, "--pool", "map", "-o", str(out),
+                           env={**env, "HF_HUB_OFFLINE": "1"})
+            assert proc.returncode == 0, proc.stderr
+        a, b = np.load(tmp_path / f"{ARCH}.tiny.npy"), np.load(tmp_path / "ViT-tiny-SigLIP.npy")
+        np.testing.assert_array_equal(a, b)  # the same weights in two layouts: the same vector

@@ -130,3 +130,27 @@ def test_a_full_checkpoint_without_tokenizer_files_names_them(tmp_path):
     with pytest.raises(CheckpointError, match="spiece.model or tokenizer.model"):
         Siglip.load(tmp_path, device="cpu")
     assert json.loads((tmp_path / "config.json").read_text())["text_config"]["vocab_size"] == 600
+
+
+def test_the_fingerprint_tells_a_fine_tune_from_its_base_and_not_a_copy(tmp_path):
+    import shutil
+    import struct
+
+    from siglip_cli.checkpoint import fingerprint
+
+    base, copy, tuned = tmp_path / "base", tmp_path / "copy", tmp_path / "tuned"
+    build_checkpoint(base, {**TINY, "num_hidden_layers": 6})  # big enough for tensors past the first/last 64 KiB
+    shutil.copytree(base, copy)
+    shutil.copytree(base, tuned)
+    weights = tuned / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    # a tensor wholly inside the file's middle, changed in place (the header stays byte for byte): a merged LoRA
+    name, (start, end) = next((k, v["data_offsets"]) for k, v in header.items() if k != "__metadata__"
+                              and 8 + n + v["data_offsets"][0] > 1 << 16
+                              and 8 + n + v["data_offsets"][1] < len(data) - (1 << 16) and "weight" in k)
+    view = np.frombuffer(data, np.float32, (end - start) // 4, 8 + n + start).copy() * 0.5
+    data[8 + n + start:8 + n + end] = view.tobytes()
+    weights.write_bytes(bytes(data))
+    assert fingerprint(copy) == fingerprint(base) != fingerprint(tuned), name

@@ -296,9 +296,9 @@ def test_full_checkpoint_config_keeps_the_text_tower(tmp_path):
 
 def test_a_foreign_config_is_refused_before_any_weight_is_read(tmp_path):
     build_checkpoint(tmp_path, TINY)
-    (tmp_path / "config.json").write_text(json.dumps({"architecture": "vit_base_patch16_siglip_224",
-                                                      "num_classes": 0}))
-    with pytest.raises(CheckpointError, match=r"config.json: not a SigLIP config: none of its keys \(architecture, "
+    # (A timm config.json, whose `architecture` names the model, is timm's layout: tests/test_layouts.py.)
+    (tmp_path / "config.json").write_text(json.dumps({"model_name": "resnet50", "num_classes": 0}))
+    with pytest.raises(CheckpointError, match=r"config.json: not a SigLIP config: none of its keys \(model_name, "
                                               r"num_classes\) is a SigLIP one"):
         SiglipVisionModel.from_pretrained(str(tmp_path))
 
