@@ -7,7 +7,7 @@ depth axis. Nothing else describes the model: the sizes come from the shapes, th
 
 Names and transforms follow transformers' convert_siglip_to_hf.py and timm's `_load_weights`. Only
 `numpy.load(allow_pickle=False)` opens the file; an array is read only when needed (shape and dtype come from its
-`.npy` header before), and an object array (a pickle) is refused, never unpickled."""
+`.npy` header before, checked), and an object array (a pickle) is refused, never unpickled."""
 
 from __future__ import annotations
 
@@ -29,8 +29,7 @@ from .errors import CheckpointError
 from .layouts import Lazy, Layout, derive
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")  # what numpy.load takes for an .npz (the second: an empty zip)
-# (kind, bytes) of a .npy dtype -> the torch dtype. JAX writes bfloat16 as 2-byte void ("|V2"): timm's
-# load_bfloat16 reads such files by viewing them as ml_dtypes.bfloat16.
+# (kind, bytes) of a .npy dtype -> torch's. JAX writes bfloat16 as 2-byte void ("|V2"), as timm's load_bfloat16 reads.
 NPY_DTYPES = {("f", 2): torch.float16, ("f", 4): torch.float32, ("f", 8): torch.float64, ("V", 2): torch.bfloat16}
 NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 _ZIP_ERRORS = (zipfile.BadZipFile, zlib.error, lzma.LZMAError, OSError, EOFError, ValueError, RuntimeError,
@@ -101,6 +100,9 @@ class NpzTensors(Mapping[str, Lazy]):
             if version not in NPY_HEADERS:
                 raise ValueError(f".npy format version {version} (expected 1.0 or 2.0)")
             shape, _, dtype = NPY_HEADERS[version](f)
+        if not all(isinstance(n, int) and 0 <= n < 1 << 31 for n in shape) or math.prod(shape) >= 1 << 36:
+            raise CheckpointError(f"{self.path}: array {shown(name)} declares shape {list(shape)[:8]}, which no "
+                                  "SigLIP weight has (a damaged or hostile file): re-download the checkpoint")
         return torch.empty(shape, dtype=self._dtype(name, dtype), device="meta")
 
     def _read(self, name: str) -> torch.Tensor:

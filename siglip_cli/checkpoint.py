@@ -13,7 +13,6 @@ before anything is built from it.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import zipfile
 from dataclasses import dataclass
@@ -70,7 +69,7 @@ def checkpoint_kind(path: Path) -> str:
     A config.json that cannot be read counts as transformers': read_config then names what is wrong with it.
     """
     path = Path(path)
-    if path.suffix == ".npz" and not path.is_dir():
+    if path.suffix.lower() == ".npz" and not path.is_dir():
         return "big_vision"
     if (path / OPEN_CLIP_CONFIG_NAME).is_file() and ((path / OPEN_CLIP_WEIGHTS_NAME).is_file()
                                                      or not (path / "config.json").is_file()):
@@ -180,49 +179,3 @@ def _single(ckpt: Path, name: str, missing: str) -> dict[Path, None]:
             f"can run code: use a checkpoint with {name}"
         )
     raise CheckpointError(f"{ckpt}: no {missing}")
-
-
-def fingerprint(ckpt: Path) -> str:
-    """A short id of the weights, recorded with every embedding so search can tell models apart: the same
-    checkpoint gives the same id wherever it lies (the cache, a copy); a fine-tune gives another.
-
-    sha256 over the config file (config.json, open_clip_config.json; none for an .npz) and, per weight file,
-    its size, its first and last 64 KiB, and 64 bytes at the start, middle and end of every tensor (found
-    from the safetensors header): a few hundred small reads at any size, and a fine-tune that changes any
-    tensor (a merged LoRA in one layer) changes its samples. An .npz's last 64 KiB hold the zip directory,
-    with every array's CRC-32. A shard that is not here (one holding only the text tower, which a vision
-    load never opens) is left out.
-    """
-    kind = checkpoint_kind(ckpt)
-    h = hashlib.sha256(b"" if kind == "big_vision" else config_file(ckpt).read_bytes())
-    for path in [ckpt] if kind == "big_vision" else sorted(weight_files(ckpt)):
-        if not path.is_file():
-            continue
-        with path.open("rb") as f:
-            size = f.seek(0, 2)
-            f.seek(0)
-            head = f.read(1 << 16)
-            f.seek(max(0, size - (1 << 16)))
-            h.update(f"{path.name}:{size}".encode() + head + f.read())
-            if path.suffix == ".safetensors":
-                for start, end in _tensor_spans(f, size):
-                    for at in (start, (start + end) // 2, max(start, end - 64)):
-                        f.seek(at)
-                        h.update(f.read(min(64, end - at)))
-    return h.hexdigest()[:16]
-
-
-def _tensor_spans(f, size: int) -> list[tuple[int, int]]:
-    """The byte ranges of a safetensors file's tensors, from its header ([] when it is not readable: the
-    loader names that)."""
-    try:
-        f.seek(0)
-        n = int.from_bytes(f.read(8), "little")
-        if not 0 < n <= min(size - 8, 100 << 20):
-            return []
-        header = json.loads(f.read(n))
-        spans = [(8 + n + int(v["data_offsets"][0]), 8 + n + int(v["data_offsets"][1]))
-                 for k, v in header.items() if k != "__metadata__"]
-        return sorted((a, b) for a, b in spans if 8 + n <= a <= b <= size)
-    except (ValueError, TypeError, KeyError, AttributeError, IndexError, OSError):
-        return []

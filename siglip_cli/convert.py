@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from . import __version__
-from .checkpoint import ModelSource
-from .errors import OutputError, UsageError
+from .checkpoint import ModelSource, is_full_checkpoint
+from .errors import CheckpointError, OutputError, UsageError
 from .tokenizer import TOKENIZER_FILES
 
 
@@ -52,8 +52,21 @@ def convert(source: str | Path | ModelSource, out: str | Path, *, note=None) -> 
     if not parent.is_dir():
         raise UsageError(f"output {out}: its folder {parent} does not exist")
     config = read_any_config(source.path)
+    if config.text_config is None and is_full_checkpoint(source.path) and note is not None:
+        note(f"Warning: {source.path}: its text tower is not one SigLIP's model can express, so only the vision tower "
+             "is converted (siglip classify --model SOURCE names the reason)")
     cls = SiglipVisionModel if config.text_config is None else SiglipModel
     model = load_model(cls, source)
+    tokenizer = None
+    if cls is SiglipModel:  # the tokenizer travels with the text tower, checked as the text commands check it
+        from .text import load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(source, config.text_config, offline=True)
+        except CheckpointError as e:
+            if note is not None:
+                note(f"Warning: no tokenizer written ({e}); add the checkpoint's tokenizer file to {out} for the "
+                     "text tower")
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=parent))
@@ -65,11 +78,16 @@ def convert(source: str | Path | ModelSource, out: str | Path, *, note=None) -> 
         if model.preprocessor_config is not None:
             prep = {"image_processor_type": "SiglipImageProcessor", **model.preprocessor_config}
             (tmp / "preprocessor_config.json").write_text(json.dumps(prep, indent=2) + "\n")
-        folder = source.path if source.path.is_dir() else source.path.parent
-        if cls is SiglipModel:  # the tokenizer files travel with the text tower
+        if tokenizer is not None:
+            folder = tokenizer.path.parent
             for name in TOKENIZER_FILES:
-                if (folder / name).is_file():
+                if (folder / name).is_file() and (name == tokenizer.path.name or name.endswith(".json")):
                     shutil.copyfile(folder / name, tmp / name)
+        mask = os.umask(0)
+        os.umask(mask)
+        for p in tmp.iterdir():  # as any file siglip writes: 0666 - umask (a temp folder starts private)
+            p.chmod(0o666 & ~mask)
+        tmp.chmod(0o777 & ~mask)
         names = sorted(p.name for p in tmp.iterdir())
         if out.is_dir():
             out.rmdir()  # empty, checked above; a race that filled it makes the rename fail, nothing lost

@@ -235,7 +235,7 @@ def _cached_folder(repo_id: str, revision: str | None, cache_dir: Path | None, l
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     if local_dir is not None:
-        if not (Path(local_dir) / "config.json").is_file():
+        if not any((Path(local_dir) / name).is_file() for name in ("config.json", OPEN_CLIP_CONFIG_NAME)):
             raise ModelNotFoundError(f"{local_dir} holds no downloaded checkpoint: run "
                                      f"`{download_command(repo_id, revision)} --local-dir {local_dir}`")
         return Path(local_dir)

@@ -216,11 +216,16 @@ def load_tokenizer(source: ModelSource, text_config, *, offline: bool = False, c
     siglip, which fetched no tokenizer) gets it downloaded, unless offline."""
     from .tokenizer import Tokenizer
 
+    folder = source.path if source.path.is_dir() else source.path.parent  # an .npz's tokenizer lies beside it
     try:
-        tokenizer = Tokenizer.from_folder(source.path, text_config.max_position_embeddings)
-    except CheckpointError:
+        tokenizer = Tokenizer.from_folder(folder, text_config.max_position_embeddings)
+    except CheckpointError as e:
         from .hub import download_weights, offline_mode
 
+        if source.revision is None and "no tokenizer" in str(e):  # a local checkpoint: nothing to download
+            raise CheckpointError(f"{folder}: no tokenizer (spiece.model, or SigLIP 2's tokenizer.model) for "
+                                  f"{source.path.name}'s text tower: put the checkpoint's tokenizer file beside it"
+                                  ) from None
         if source.revision is None or offline_mode(offline):
             raise
         if note is not None:

@@ -46,6 +46,6 @@ def print_models(rows: list[dict], layouts: bool = False) -> None:
                       f"{r['vision_params'] / 1e6:.0f}M", "~" + human_size(r["download_bytes"]),
                       "yes" if r["cached"] else "")
     console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)  # piped to a file or another program: never cut a model id
+    if layouts or not console.is_terminal:  # never cut a hub id (a narrow terminal wraps the line instead)
+        console = Console(width=max(console.width, 160 if layouts else 120))
     console.print(table)

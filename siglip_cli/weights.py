@@ -12,13 +12,14 @@ every missing, unexpected or misshapen tensor is named.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping
 
 import torch
 
-from .checkpoint import (ModelSource, checkpoint_kind, config_file, fingerprint, read_config,
+from .checkpoint import (ModelSource, checkpoint_kind, config_file, read_config,
                          read_preprocessor_config, weight_files, WEIGHTS_INDEX_NAME)
 from .config import SiglipConfig, SiglipTextConfig, check_fits_in_memory, shown
 from .errors import CheckpointError, SiglipWarning
@@ -200,6 +201,23 @@ def warn_non_finite(state: dict[str, torch.Tensor], limit: int = 3) -> None:
                       "be NaN or inf: re-download the checkpoint", SiglipWarning, stacklevel=3)
 
 
+def weights_fingerprint(state: Mapping[str, torch.Tensor], samples: int = 64) -> str:
+    """A short id of the vision tower's weights, recorded with every embedding so search can tell models apart.
+
+    sha256 over each vision tensor's name (this model's, whatever the file's layout), shape and `samples`
+    values spread evenly over it, as float32: the same weights give the same id wherever they lie and in
+    whatever layout (a cache copy, timm's, an .npz, a `siglip convert` output); a fine-tune or a merged LoRA,
+    which changes whole tensors, gives another. Only the vision tower counts: it alone makes image vectors,
+    so an image-only load and a two-tower load of one checkpoint agree.
+    """
+    h = hashlib.sha256()
+    for name in sorted(k for k in state if k.startswith("vision_model.")):
+        flat = state[name].detach().reshape(-1)
+        picks = flat[torch.linspace(0, max(flat.numel() - 1, 0), min(samples, flat.numel())).long()]
+        h.update(f"{name}:{list(state[name].shape)}".encode() + picks.float().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def load_model(cls: type, source: ModelSource | Path | str, dtype: torch.dtype = torch.float32):
     """Build `cls` for a checkpoint's config and load its weights strictly (memory-mapped, no copy when the
     stored dtype is the load dtype and the layout keeps the tensor as stored)."""
@@ -214,10 +232,10 @@ def load_model(cls: type, source: ModelSource | Path | str, dtype: torch.dtype =
     with torch.device("meta"):
         model = cls(config)
     warn_non_finite(state)
+    model.fingerprint = weights_fingerprint(state)  # of the stored values, whatever dtype they are loaded in
     state = {k: v.to(dtype) for k, v in state.items()}
     model.load_state_dict(state, strict=True, assign=True)
     model.name_or_path = source.name
     model.revision = source.revision
     model.preprocessor_config = preprocessor
-    model.fingerprint = fingerprint(source.path)
     return model.eval()

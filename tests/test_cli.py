@@ -32,9 +32,10 @@ def test_single_image_to_safetensors_records_metadata(tiny_ckpt, tmp_path):
     assert proc.returncode == 0, proc.stderr
     array, meta = read_embeddings(out)
     assert array.shape == (32,)
-    from siglip_cli.checkpoint import fingerprint
+    from siglip_cli.model import SiglipVisionModel
 
-    assert meta == {"model": str(tiny_ckpt), "revision": "", "model_fingerprint": fingerprint(tiny_ckpt),
+    fingerprint = SiglipVisionModel.from_pretrained(str(tiny_ckpt)).fingerprint
+    assert meta == {"model": str(tiny_ckpt), "revision": "", "model_fingerprint": fingerprint,
                     "pool": "map", "norm": "checkpoint",
                     "image_mean": [0.5] * 3, "image_std": [0.5] * 3, "resample": "bicubic",
                     "rescale_factor": 1 / 255, "image_size": 32, "dtype": "float32",

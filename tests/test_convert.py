@@ -112,3 +112,48 @@ def test_a_big_vision_npz_converts_to_a_full_transformers_siglip(tmp_path):
     with torch.inference_mode():
         torch.testing.assert_close(theirs(input_ids=ids, pixel_values=pixels).logits_per_image,
                                    ref(input_ids=ids, pixel_values=pixels).logits_per_image, atol=1e-5, rtol=1e-5)
+
+
+def test_convert_output_is_readable_by_others_and_says_what_it_leaves_out(tmp_path, tiny_ckpt):
+    import os
+    import stat
+
+    from siglip_cli.convert import convert
+
+    convert(tiny_ckpt, tmp_path / "out")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) == 0o777 & ~mask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()} == {0o666 & ~mask}
+    # a full checkpoint without its tokenizer: converted, and said so
+    build_checkpoint(tmp_path / "full", TINY, layout="full", text={**TINY_TEXT, "vocab_size": 600})
+    notes = []
+    names = convert(tmp_path / "full", tmp_path / "full-out", note=notes.append)
+    assert "spiece.model" not in names and len(notes) == 1 and notes[0].startswith("Warning: no tokenizer written")
+
+
+def test_an_npz_finds_its_tokenizer_beside_it_and_a_hostile_shape_is_one_line(tmp_path):
+    pytest.importorskip("timm")
+    from spm_files import write_siglip_tokenizer
+    from test_bigvision import full_npz
+
+    from siglip_cli.errors import CheckpointError
+    from siglip_cli.text import Siglip
+
+    path, _ = full_npz(tmp_path / "bv.npz")
+    with pytest.raises(CheckpointError, match="put the checkpoint's tokenizer file beside it"):
+        Siglip.load(path, device="cpu")
+    # TINY_TEXT's 99 tokens are fewer than the trained tokenizer's: refused as a tokenizer of another model
+    write_siglip_tokenizer(tmp_path)
+    with pytest.raises(CheckpointError, match=r"spiece.model: \d+ tokens, more than the text tower's 99"):
+        Siglip.load(path, device="cpu")
+    import io
+    import zipfile
+
+    member = io.BytesIO()  # an .npy whose header declares a negative size (numpy writes what it is given)
+    np.lib.format.write_array_header_1_0(member, {"descr": "<f4", "fortran_order": False, "shape": (-1, 2)})
+    bad = tmp_path / "neg.npz"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("img/embedding/kernel.npy", member.getvalue() + bytes(16))
+    proc = run_cli("convert", str(bad), "-o", str(tmp_path / "x"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "declares shape [-1, 2]" in proc.stderr

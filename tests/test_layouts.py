@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from siglip_cli import SiglipVisionConfig, SiglipVisionModel
-from siglip_cli.checkpoint import checkpoint_kind, fingerprint, is_full_checkpoint
+from siglip_cli.checkpoint import checkpoint_kind, is_full_checkpoint
 from siglip_cli.config import SiglipTextConfig
 from siglip_cli.errors import CheckpointError, UsageError
 from siglip_cli.layouts import Lazy, for_model
@@ -445,15 +445,15 @@ def test_checkpoint_kinds_and_fingerprints(timm_folder, tmp_path):
     for key, full in (("params/img/embedding/kernel", False), ("params/txt/Embed_0/embedding", True)):
         np.savez(tmp_path / "bv.npz", **{key: np.zeros(2, np.float32)})
         assert is_full_checkpoint(tmp_path / "bv.npz") is full
-    # The fingerprint: the same weights anywhere give the same id; other weights another.
-    assert fingerprint(copy_of(timm_folder, tmp_path)) == fingerprint(timm_folder)
+    # The fingerprint: the same weights give the same id anywhere and in any layout; other weights another.
+    print_ = SiglipVisionModel.from_pretrained(str(timm_folder)).fingerprint
+    assert SiglipVisionModel.from_pretrained(str(copy_of(timm_folder, tmp_path))).fingerprint == print_
     other = save_timm(timm_model(seed=1), tmp_path / "other")
-    assert fingerprint(other) != fingerprint(timm_folder)
-    npz = tmp_path / "weights.npz"
-    npz.write_bytes(bytes(range(256)) * 1024)
-    first = fingerprint(npz)
-    npz.write_bytes(bytes(range(256)) * 1023 + bytes(255 - i for i in range(256)))
-    assert len(first) == 16 and fingerprint(npz) != first
+    assert SiglipVisionModel.from_pretrained(str(other)).fingerprint != print_ and len(print_) == 16
+    from siglip_cli.convert import convert
+
+    convert(timm_folder, tmp_path / "converted")  # the transformers layout of the same weights
+    assert SiglipVisionModel.from_pretrained(str(tmp_path / "converted")).fingerprint == print_
 
 
 def test_a_config_file_alone_is_checked_before_the_weights_come(tmp_path):

@@ -127,7 +127,8 @@ def test_a_tokenizer_larger_than_the_text_tower_is_refused(tmp_path):
 
 def test_a_full_checkpoint_without_tokenizer_files_names_them(tmp_path):
     build_checkpoint(tmp_path, TINY, layout="full", text=TEXT)
-    with pytest.raises(CheckpointError, match="spiece.model or tokenizer.model"):
+    with pytest.raises(CheckpointError, match=r"no tokenizer \(spiece.model, or SigLIP 2's tokenizer.model\) for "
+                                              r".*: put the checkpoint's tokenizer file beside it"):
         Siglip.load(tmp_path, device="cpu")
     assert json.loads((tmp_path / "config.json").read_text())["text_config"]["vocab_size"] == 600
 
@@ -136,7 +137,10 @@ def test_the_fingerprint_tells_a_fine_tune_from_its_base_and_not_a_copy(tmp_path
     import shutil
     import struct
 
-    from siglip_cli.checkpoint import fingerprint
+    from siglip_cli.model import SiglipVisionModel
+
+    def fingerprint(folder):
+        return SiglipVisionModel.from_pretrained(str(folder)).fingerprint
 
     base, copy, tuned = tmp_path / "base", tmp_path / "copy", tmp_path / "tuned"
     build_checkpoint(base, {**TINY, "num_hidden_layers": 6})  # big enough for tensors past the first/last 64 KiB
@@ -146,7 +150,8 @@ def test_the_fingerprint_tells_a_fine_tune_from_its_base_and_not_a_copy(tmp_path
     data = bytearray(weights.read_bytes())
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
-    # a tensor wholly inside the file's middle, changed in place (the header stays byte for byte): a merged LoRA
+    # a vision tensor wholly inside the file's middle, changed in place (the header stays byte for byte), as a
+    # merged LoRA
     name, (start, end) = next((k, v["data_offsets"]) for k, v in header.items() if k != "__metadata__"
                               and 8 + n + v["data_offsets"][0] > 1 << 16
                               and 8 + n + v["data_offsets"][1] < len(data) - (1 << 16) and "weight" in k)
