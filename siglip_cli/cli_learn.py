@@ -1,5 +1,6 @@
-"""The learning commands, `siglip inspect-shapes` and `siglip visualize` (cli.py registers them under its one
-error boundary): options, one library call (shapes.py, visualize.py), rendering.
+"""The learning and diagnostic commands, `siglip inspect-shapes`, `siglip visualize` and `siglip doctor` (cli.py
+registers them under its one error boundary): options, one library call (shapes.py, visualize.py, hardware.py),
+rendering.
 """
 
 from __future__ import annotations
@@ -114,6 +115,30 @@ def visualize(
     err_line(f"wrote {output} ({result.width}x{result.height})")
 
 
+def doctor(
+    as_json: opt.Json = False,
+    debug: opt.Debug = False,
+) -> None:
+    """What this machine offers SigLIP, and which precision is fastest on it.
+
+    The CPU's model and the features the fast paths use (AVX2, AVX-512, its bfloat16 and VNNI
+    instructions, AMX), the kernels torch was built for, a CUDA GPU if torch sees one, and the
+    precision to choose here (--dtype bfloat16, --quantize int8 or float32), with why and where
+    that was measured.
+
+    Examples:
+
+      siglip doctor
+
+      siglip doctor --json
+    """
+    from .hardware import render, report
+
+    info = report(probe_torch=True)
+    typer.echo(json.dumps(info, indent=2) if as_json else "\n".join(render(info)))
+
+
 def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor)
     app.command("inspect-shapes")(inspect_shapes)
     app.command("visualize", no_args_is_help=True)(visualize)

@@ -40,6 +40,10 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return super().forward(x)
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and self.weight.dtype == torch.float32:
+            # torch's CPU kernel takes bf16/fp16 input with float32 weights and computes in float32
+            # itself, rounding once: no float32 copy of x in and out.
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(),
                             self.eps).to(x.dtype)
 
@@ -250,7 +254,7 @@ class Pretrained:
     name_or_path: str | None = None
     revision: str | None = None
     preprocessor_config: dict | None = None
-    fingerprint: str | None = None  # checkpoint.fingerprint: which weights, wherever they lie
+    fingerprint: str | None = None  # weights.weights_fingerprint: which vision weights, in whatever layout
 
     @classmethod
     def random_init(cls, config=None, seed: int = 0):

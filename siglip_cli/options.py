@@ -64,8 +64,9 @@ Pool = _choice(POOLS, "--pool", help="none: patch embeddings [N, D]; map: SigLIP
 Norm = _choice(NORMS, "--norm", help="Preprocessing. checkpoint: what its preprocessor_config.json says (SigLIP: "
                                      "bicubic, mean=std=0.5); imagenet: the seed documents' pipeline (bilinear, "
                                      "ImageNet mean/std); auto: checkpoint when there is one, else imagenet.")
-Dtype = _choice(DTYPES, "--dtype", help="Compute precision. bfloat16/float16: for GPUs, with LayerNorm and softmax "
-                                        "kept in float32; float32: the checkpoint's own numbers.")
+Dtype = _choice(DTYPES, "--dtype", help="Compute precision. bfloat16/float16: GPUs, and CPUs with native bfloat16 "
+                                        "(`siglip doctor` says which is fastest here), LayerNorm and softmax kept in "
+                                        "float32; float32: the checkpoint's own numbers.")
 Quantize = _choice(QUANTIZE, "--quantize", help="int8: dynamic int8 Linear layers on the CPU, ~1.5x faster and "
                                                 "approximate (cosine ~0.999 to float32).")
 ExactDecode = Annotated[bool, typer.Option(

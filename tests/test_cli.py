@@ -1,5 +1,7 @@
 """The real `siglip` command: files written, shapes, exit codes and message text."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -232,3 +234,16 @@ def test_quantize_on_a_gpu_is_refused_before_any_model_is_looked_up(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1] == ("Error: --quantize int8 runs on the CPU only, not cuda: add "
                                                      "--device cpu, or use --dtype bfloat16 on a GPU")
+
+
+def test_doctor_reports_this_machines_cpu_and_advice():
+    proc = run_cli("doctor", "--json")
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    flags = set(open("/proc/cpuinfo").read().split("flags", 1)[1].split("\n", 1)[0].split()) \
+        if os.path.exists("/proc/cpuinfo") else set()
+    assert info["cores"] == os.cpu_count() and info["features"].get("avx2", False) == ("avx2" in flags)
+    assert info["advice"]["option"] in ("--dtype float32 (the default)", "--dtype bfloat16", "--dtype float16",
+                                        "--quantize int8")
+    text = run_cli("doctor").stdout
+    assert text.startswith("cpu:") and "fastest:" in text

@@ -1,0 +1,192 @@
+"""What this machine offers the model's arithmetic, and which precision is fastest on it. Torch-free.
+
+The CPU's instruction sets come from /proc/cpuinfo (Linux; `sysctl` on macOS); torch is asked (its
+kernels' CPU capability, a CUDA GPU) only when the caller has imported it already or asks for it, so
+reading the flags costs no torch import. The advice is per hardware class:
+
+    gpu          a CUDA GPU: bfloat16 (float16 before compute capability 8.0)
+    amx          AMX tiles with bf16/int8 (Intel Xeon 4th gen on): bfloat16
+    avx512-bf16  AVX-512 with native bf16 dot products and VNNI (AMD Zen 4 on, Intel Cooper Lake): bfloat16
+    avx512-vnni  AVX-512 with int8 dot products, no bf16 (Intel Cascade/Ice Lake): int8
+    avx2         AVX2 (or AVX-512) without either: int8; bf16 is converted to float32 and slower
+    arm-bf16     Arm with BF16 and I8MM (Graviton 3 on, Apple M2 on): not measured here
+    other        anything else: float32
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+
+# The flags that decide the precision, by their /proc/cpuinfo names.
+X86_FEATURES = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+                "amx_tile", "amx_bf16", "amx_int8")
+ARM_FEATURES = ("asimd", "asimddp", "sve", "bf16", "i8mm")
+# macOS names the same features in sysctl hw.optional.*.
+_MAC = {"hw.optional.avx2_0": "avx2", "hw.optional.avx512f": "avx512f", "hw.optional.avx512bw": "avx512bw",
+        "hw.optional.avx512vnni": "avx512_vnni", "hw.optional.arm.FEAT_BF16": "bf16",
+        "hw.optional.arm.FEAT_I8MM": "i8mm", "hw.optional.arm.FEAT_DotProd": "asimddp",
+        "hw.optional.neon": "asimd"}
+
+# Fastest first, and why, per class. "measured" names the figures behind it (README, Speed); the
+# other classes follow from which kernels oneDNN has for them and are not measured here.
+ADVICE = {
+    "gpu": (("bfloat16", "float16", "float32"),
+            "tensor cores run bfloat16/float16; float16 only before compute capability 8.0 (no bf16 tensor cores)",
+            "not measured here"),
+    "amx": (("bfloat16", "int8", "float32"),
+            "AMX tiles multiply bf16 and int8 matrices, many times the float32 rate; bf16 needs no calibration",
+            "not measured here"),
+    "avx512-bf16": (("bfloat16", "int8", "float32"),
+                    "native bf16 dot products (vdpbf16ps): ~4x the float32 matmul peak; int8 (VNNI) pays for "
+                    "quantizing activations on every call",
+                    "AMD EPYC (Zen 4), 2 cores: see the README's Speed section"),
+    "avx512-vnni": (("int8", "float32", "bfloat16"),
+                    "int8 dot products (VNNI); no native bf16: bfloat16 is converted to float32 and slower",
+                    "not measured here"),
+    "avx2": (("int8", "float32", "bfloat16"),
+             "int8 runs on 16-bit multiply-adds, ~1.5x float32; no native bf16: bfloat16 is slower than float32",
+             "not measured here"),
+    "arm-bf16": (("bfloat16", "float32", "int8"),
+                 "BF16 and I8MM matrix instructions; the int8 path here is x86's (oneDNN/fbgemm)",
+                 "not measured here"),
+    "other": (("float32",), "no reduced-precision matrix instructions known to be fast here", "not measured here"),
+}
+# What each precision is called on the command line.
+OPTION = {"float32": "--dtype float32 (the default)", "bfloat16": "--dtype bfloat16", "float16": "--dtype float16",
+          "int8": "--quantize int8"}
+
+
+def parse_cpuinfo(text: str) -> tuple[str, set[str]]:
+    """(model name, the set of feature flags) from /proc/cpuinfo's text (x86 `flags`, Arm `Features`)."""
+    model, flags = "", set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features") and not flags:
+            flags = set(value.split())
+        elif key in ("model name", "cpu model", "hardware") and not model:
+            model = value.strip()
+    return model, flags
+
+
+def _read_cpu() -> tuple[str, set[str]]:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            model, flags = parse_cpuinfo(f.read())
+        if flags:
+            return model, flags
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-a"], capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            return "", set()
+        model, flags = "", set()
+        for line in out.splitlines():
+            key, _, value = line.partition(":")
+            if key == "machdep.cpu.brand_string":
+                model = value.strip()
+            elif key in _MAC and value.strip() == "1":
+                flags.add(_MAC[key])
+        return model, flags
+    return "", set()
+
+
+def classify(flags: set[str], machine: str = "", gpu: dict | None = None) -> str:
+    """The hardware class (a key of ADVICE) for these CPU flags, or "gpu" when a CUDA GPU is in use."""
+    if gpu:
+        return "gpu"
+    if {"amx_tile", "amx_bf16"} <= flags:
+        return "amx"
+    if "avx512_bf16" in flags:
+        return "avx512-bf16"
+    if "avx512_vnni" in flags or "avx_vnni" in flags:
+        return "avx512-vnni" if "avx512f" in flags else "avx2"
+    if "avx2" in flags or "avx512f" in flags:
+        return "avx2"
+    if machine.lower() in ("aarch64", "arm64") and {"bf16", "i8mm"} <= flags:
+        return "arm-bf16"
+    return "other"
+
+
+def _torch_facts(probe: bool) -> tuple[str | None, dict | None]:
+    """torch's CPU kernel capability and the CUDA GPU, if torch is imported already (or probe asks)."""
+    if "torch" not in sys.modules and not probe:
+        return None, None
+    import torch  # lazily: this module is torch-free at import
+
+    capability = None
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except (AttributeError, RuntimeError):
+        pass
+    gpu = None
+    try:
+        if torch.cuda.is_available():
+            major, minor = torch.cuda.get_device_capability()
+            gpu = {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}",
+                   "bf16": major >= 8}
+    except (AssertionError, RuntimeError):  # a CUDA build without a usable driver
+        gpu = None
+    return capability, gpu
+
+
+def advise(klass: str, gpu: dict | None = None) -> dict:
+    """The precisions fastest first for a hardware class, the option to use, why, and what it rests on."""
+    order, why, basis = ADVICE[klass]
+    if klass == "gpu" and gpu is not None and not gpu.get("bf16", True):
+        order = ("float16", "float32", "bfloat16")
+    return {"best": order[0], "option": OPTION[order[0]], "order": list(order), "why": why, "measured": basis}
+
+
+def report(probe_torch: bool = False, cpuinfo: str | None = None) -> dict:
+    """What this machine offers (CPU model, cores, feature flags, torch's capability, GPU) and the advice.
+
+    probe_torch imports torch to ask it (`siglip doctor` does); otherwise torch is asked only when it is
+    already imported. cpuinfo: a /proc/cpuinfo text to read instead of this machine's (tests).
+    """
+    model, flags = parse_cpuinfo(cpuinfo) if cpuinfo is not None else _read_cpu()
+    machine = platform.machine()
+    capability, gpu = _torch_facts(probe_torch)
+    known = X86_FEATURES if machine.lower() in ("x86_64", "amd64", "i686") or flags & set(X86_FEATURES) \
+        else ARM_FEATURES
+    klass = classify(flags, machine, gpu)
+    return {
+        "cpu": model or platform.processor() or machine,
+        "arch": machine,
+        "cores": os.cpu_count(),
+        "features": {name: name in flags for name in known},
+        "torch_cpu_capability": capability,
+        "gpu": gpu,
+        "class": klass,
+        "cpu_class": classify(flags, machine),
+        "advice": advise(klass, gpu),
+    }
+
+
+def render(info: dict) -> list[str]:
+    """report()'s dict as lines of text for the terminal."""
+    have = [name for name, present in info["features"].items() if present]
+    lacks = [name for name, present in info["features"].items() if not present]
+    advice = info["advice"]
+    lines = [f"cpu:       {info['cpu']} ({info['arch']}, {info['cores']} cores)",
+             f"features:  {' '.join(have) or 'none of those that matter'}"]
+    if lacks:
+        lines.append(f"lacks:     {' '.join(lacks)}")
+    if info["torch_cpu_capability"]:
+        lines.append(f"torch:     CPU kernels built for {info['torch_cpu_capability']}")
+    if info["gpu"]:
+        g = info["gpu"]
+        lines.append(f"gpu:       {g['name']} (compute capability {g['compute_capability']})")
+    if info["class"] != info["cpu_class"]:
+        lines.append(f"class:     {info['class']} (the CPU alone: {info['cpu_class']})")
+    else:
+        lines.append(f"class:     {info['class']}")
+    lines += [f"fastest:   {advice['option']} (then {', '.join(advice['order'][1:]) or 'nothing else'})",
+              f"why:       {advice['why']}",
+              f"measured:  {advice['measured']}"]
+    return lines
