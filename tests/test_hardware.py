@@ -26,7 +26,7 @@ OLD = "model name\t: Intel(R) Core(TM)2 Duo\nflags\t\t: sse sse2 ssse3\n"
 
 @pytest.mark.parametrize("text, machine, klass, best", [
     (SAPPHIRE_RAPIDS, "x86_64", "amx", "bfloat16"),
-    (ZEN4, "x86_64", "avx512-bf16", "bfloat16"),
+    (ZEN4, "x86_64", "avx512-bf16", "int8"),
     (CASCADE_LAKE, "x86_64", "avx512-vnni", "int8"),
     (SKYLAKE, "x86_64", "avx2", "int8"),
     (HASWELL, "x86_64", "avx2", "int8"),
@@ -40,6 +40,7 @@ def test_each_cpu_class_gets_its_advice(text, machine, klass, best):
     advice = hardware.advise(klass)
     assert advice["best"] == best and advice["order"][0] == best
     assert advice["option"] == hardware.OPTION[best]
+    assert advice["closest_fast"] in advice["order"] and advice["closest_fast"] != "int8"
 
 
 def test_cpuinfo_parsing_reads_the_model_and_the_first_cpus_flags():
@@ -56,6 +57,7 @@ def test_a_gpu_decides_the_class_and_an_old_one_gets_float16():
     assert hardware.classify(flags, "x86_64", ampere) == "gpu"
     assert hardware.advise("gpu", ampere)["best"] == "bfloat16"
     assert hardware.advise("gpu", turing)["order"] == ["float16", "float32", "bfloat16"]
+    assert hardware.advise("gpu", turing)["closest_fast_option"] == "--dtype float16"
 
 
 def test_report_and_render_from_a_given_cpuinfo():
@@ -70,6 +72,10 @@ def test_report_and_render_from_a_given_cpuinfo():
     assert "amx_bf16" in lines[1] and "avx_vnni" in lines[2]  # has, lacks
     assert "fastest:   --dtype bfloat16" in text or info["gpu"] is not None
     assert all(len(line) < 200 for line in lines)
+    zen4 = "\n".join(hardware.render(hardware.report(cpuinfo=ZEN4)))
+    if "gpu:" not in zen4:
+        assert "fastest:   --quantize int8 (then bfloat16, float32)" in zen4
+        assert "closer:    --dtype bfloat16" in zen4
 
 
 def test_this_machines_report_imports_no_torch():
