@@ -79,12 +79,15 @@ def embed_to(embedder: Embedder, inputs: Iterable[str | Path | Input], out: str 
 
 def run_plan(embedder: Embedder, plan: Plan, *, out_dtype: str = "float32", overwrite: bool = False,
              fail_fast: bool = False, batch_size: int = 8, workers: int | None = None,
-             on_outcome: Callable[[Outcome], None] | None = None) -> Summary:
-    """Run a plan (plan.plan_embed, plan.plan_items): its report is written however the run ends."""
+             on_outcome: Callable[[Outcome], None] | None = None, engine: Engine | None = None) -> Summary:
+    """Run a plan (plan.plan_embed, plan.plan_items): its report is written however the run ends.
+
+    engine: what embeds the steps (default embedded_in_order, here; ray_engine.RayEngine on a cluster).
+    """
     check_out_dtype(out_dtype)
     run = _Run(embedder, plan, np.dtype(out_dtype), overwrite, fail_fast, on_outcome)
     try:
-        summary = run.go(batch_size, workers)
+        summary = run.go(batch_size, workers, engine)
     except BaseException:
         if plan.report is not None:
             with contextlib.suppress(OutputError):  # the run's own error is the one to show
@@ -152,24 +155,14 @@ class _Run:
         self.summary.shape = list(row.shape)
         source = unicode_text(str(item.path))
         if self.folder:
-            target = self.target(item)
-            check_inside(self.out, target)
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise OutputError(f"cannot create {target.parent}: {e.strerror or e}") from None
-            check_inside(self.out, target)
-            if self.overwrite:
-                existing_output(target)  # a symlink or folder there is never replaced
-            write_embeddings(target, row, {**self.metadata, "source": source})
-            return str(target)
+            return write_row(self.out, self.target(item), row, {**self.metadata, "source": source}, self.overwrite)
         if self.plan.single:
             self.summary.outputs = write_embeddings(self.out, row, {**self.metadata, "source": source})
             return str(self.out)
         self.stacked.add(row, source)
         return str(self.out)
 
-    def go(self, batch_size: int, workers: int | None) -> Summary:
+    def go(self, batch_size: int, workers: int | None, engine: Engine | None = None) -> Summary:
         workers = default_workers() if workers is None else workers
         before = None
         if self.folder and self.plan.items:
@@ -179,7 +172,7 @@ class _Run:
         if before:
             steps = map(lambda step: claimed(step, before), steps)
         try:
-            for step, result in embedded_in_order(self.embedder, steps, batch_size, workers):
+            for step, result in (engine or embedded_in_order)(self.embedder, steps, batch_size, workers):
                 self.handle(step, result)
             if self.stacked is not None:
                 self.summary.outputs = self.stacked.finish()
@@ -196,27 +189,68 @@ class _Run:
             raise
         return self.summary
 
-    def handle(self, step: Step, r: Result | None) -> None:
+    def handle(self, step: Step, r: Result | Written | None) -> None:
         item = step.item
         error = step.reason if r is None else r.error
         if step.status == "skipped":
             self.record(Outcome(str(item.path), "skipped", output=str(step.output)))
+        elif isinstance(r, Written) and r.errno is not None:  # another process could not write it
+            self.output_failed(item, OutputError(error, r.errno or None))
         elif error is not None:
             self.record(Outcome(str(item.path), "failed", reason=error))
             if self.fail_fast:
                 raise ImageError(str(item.path), f"{error} (stopped by --fail-fast)")
+        elif isinstance(r, Written):
+            self.summary.shape = r.shape
+            self.record(Outcome(str(item.path), "embedded", output=r.output))
         else:
             try:
                 output = self.write(item, r.embedding)
             except OutputError as e:
-                # A full disk, a quota, a size limit or a read-only file system fails every write that
-                # follows too: stop, rather than compute every embedding only to throw it away.
-                if self.folder:
-                    self.record(Outcome(str(item.path), "failed", reason=str(e)))
-                if self.fail_fast or not self.folder or isinstance(e, OutputGoneError) or e.errno in _DEVICE_FULL:
-                    raise
+                self.output_failed(item, e)
                 return
             self.record(Outcome(str(item.path), "embedded", output=output))
+
+    def output_failed(self, item: Input, e: OutputError) -> None:
+        # A full disk, a quota, a size limit or a read-only file system fails every write that follows
+        # too: stop, rather than compute every embedding only to throw it away.
+        if self.folder:
+            self.record(Outcome(str(item.path), "failed", reason=str(e)))
+        if self.fail_fast or not self.folder or isinstance(e, OutputGoneError) or e.errno in _DEVICE_FULL:
+            raise e
+
+
+def write_row(out: Path, target: Path, row: np.ndarray, metadata: dict, overwrite: bool) -> str:
+    """One image's file in a folder output (DIR/<rel>.npy), atomically: the folder run's and a Ray worker's write.
+
+    Never outside `out` (a symlinked folder on the way is refused), never over a symlink or a folder.
+    """
+    check_inside(out, target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create {target.parent}: {e.strerror or e}", e.errno) from None
+    check_inside(out, target)
+    if overwrite:
+        existing_output(target)  # a symlink or folder there is never replaced
+    write_embeddings(target, row, metadata)
+    return str(target)
+
+
+@dataclass
+class Written:
+    """An input another process (a Ray worker) embedded and wrote to `output`, or failed: `error`, and for
+    an output it could not write, the OS's errno (0 when none), as OutputError carries it."""
+
+    output: str | None = None
+    shape: list[int] | None = None
+    error: str | None = None
+    errno: int | None = None
+
+
+# The engine that turns steps into (step, Result or Written or None), in order: embedded_in_order on this
+# machine, ray_engine's on a Ray cluster.
+Engine = Callable[[Embedder, Iterable[Step], int, int], Iterator[tuple[Step, "Result | Written | None"]]]
 
 
 def input_root(item: Input) -> str:

@@ -10,4 +10,5 @@ DEVICES = ("auto", "cpu", "cuda", "mps")  # embed.py
 DTYPES = ("float32", "bfloat16", "float16")  # precision.py: compute precision
 QUANTIZE = ("none", "int8")  # precision.py
 FORMATS = ("npy", "safetensors")  # writers.py: file formats in folder mode
+ENGINES = ("local", "ray")  # batch.py (this machine), ray_engine.py (a Ray cluster)
 OUT_DTYPES = ("float32", "float16")  # batch.py: what is stored

@@ -18,7 +18,7 @@ from typer.core import TyperGroup
 from . import __version__
 from . import options as opt
 from .console import err_line, fill_standard_fds, mute
-from .errors import EXIT_FAILED, ImageError, SiglipError, SiglipWarning
+from .errors import EXIT_FAILED, ImageError, SiglipError, SiglipWarning, UsageError
 from .signals import install as catch_sigterm, unwind_on_sigterm
 
 # Typer vendors click; its UsageError (bad option values, unknown options) is BadParameter's base.
@@ -121,6 +121,11 @@ def embed(
     report: opt.Report = None,
     shard_spec: opt.Shard = None,
     quiet: opt.Quiet = False,
+    engine: opt.Engine = "local",
+    ray_address: opt.RayAddress = None,
+    ray_workers: opt.RayWorkers = 1,
+    ray_gpus: opt.RayGpus = None,
+    ray_cpus: opt.RayCpus = None,
     offline: opt.Offline = False,
     cache_dir: opt.CacheDir = None,
     debug: opt.Debug = False,
@@ -148,10 +153,17 @@ def embed(
 
       siglip embed photos/ -o embeddings/ --device cuda --dtype bfloat16
 
+      siglip embed /shared/photos/ -o /shared/emb/ --engine ray --ray-workers 8     # a Ray cluster, 8 GPUs
+
       siglip embed photo.jpg --random-init -o smoke.npy
     """
-    from .plan import ReportGuard, plan_embed
+    from .plan import ReportGuard, is_folder_output, plan_embed
+    from .ray_engine import RaySettings, check_engine
 
+    settings = RaySettings(ray_address, ray_workers, ray_gpus, ray_cpus)
+    if engine == "local" and (ray_address, ray_workers, ray_gpus, ray_cpus) != (None, 1, None, None):
+        raise UsageError("the --ray-* options need --engine ray")
+    check_engine(engine, is_folder_output(output), settings)  # before the output folder is made
     # SIGTERM unwinds like Ctrl-C from here on (main installs the handler): temp files go, and the report is
     # written: empty while no input is reached (the guard), then by run_plan.
     with ReportGuard(report) as guard:
@@ -165,10 +177,23 @@ def embed(
         from .precision import check_precision
 
         check_precision(dtype, quantize, device)  # before a model is downloaded or loaded
-        embedder = _embedder(model, random_init, offline, cache_dir, pool=pool, norm=norm, image_size=image_size,
-                             device=device, max_pixels=max_pixels, dtype=dtype, quantize=quantize,
-                             exact_decode=exact_decode,
-                             decode_memory=None if decode_memory is None else int(decode_memory * 1e9))
+        load = dict(pool=pool, norm=norm, image_size=image_size, device=device, max_pixels=max_pixels, dtype=dtype,
+                    quantize=quantize, exact_decode=exact_decode,
+                    decode_memory=None if decode_memory is None else int(decode_memory * 1e9))
+        # With Ray the driver only plans and records: its model stays on the CPU in float32 (for the metadata);
+        # the actors load their own as asked.
+        here = load if engine == "local" else {**load, "device": "cpu", "dtype": "float32", "quantize": "none"}
+        embedder, source = _embedder(model, random_init, offline, cache_dir, **here)
+        run_engine = None
+        if engine == "ray":
+            from .ray_engine import RayEngine, WorkerSpec
+            from .writers import output_path_for
+
+            embedder.dtype, embedder.quantize = dtype, quantize  # what the actors compute in (the metadata)
+            spec = WorkerSpec(source, random_init, load, str(plan.output), out_dtype, overwrite, batch_size, workers,
+                              threads=1)
+            run_engine = RayEngine(settings, spec, lambda item: output_path_for(plan.output, item.rel, plan.fmt))
+            run_engine.start()
         if random_init:
             _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
                  "Use --model with a real checkpoint for meaningful ones.")
@@ -180,7 +205,8 @@ def embed(
                 as progress:
             guard.due = False  # run_plan writes the report from here on, whatever happens
             summary = run_plan(embedder, plan, out_dtype=out_dtype, overwrite=overwrite, fail_fast=fail_fast,
-                               batch_size=batch_size, workers=workers, on_outcome=progress.outcome)
+                               batch_size=batch_size, workers=workers, on_outcome=progress.outcome,
+                               engine=run_engine)
     if plan.single and summary.failed:
         raise ImageError(progress.failures[0].path, progress.failures[0].reason)
     if not plan.folder and not summary.embedded:
@@ -203,7 +229,7 @@ def _embedder(model: str | None, random_init: bool, offline: bool, cache_dir: Pa
         from .hub import resolve_model
 
         source = resolve_model(model, offline=offline, cache_dir=cache_dir, note=_err)
-    return Embedder.load(source, random_init=random_init, **options)
+    return Embedder.load(source, random_init=random_init, **options), source
 
 
 @app.command("download-weights", epilog=HUB_EXIT_CODES_HELP)

@@ -275,6 +275,15 @@ _TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
               8: Image.Transpose.ROTATE_90}
 
 
+def orientation(image: Image.Image) -> int:
+    """An opened image's EXIF (or XMP) orientation, 1-8; 1 when it has none, or a malformed block."""
+    try:
+        value = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
 def _oriented(image: Image.Image) -> Image.Image:
     """The image turned as its EXIF (or XMP) orientation says, as ImageOps.exif_transpose turns it.
 
@@ -282,8 +291,5 @@ def _oriented(image: Image.Image) -> Image.Image:
     blocks). A malformed EXIF block, common in real photo collections, only loses the orientation:
     the pixels are fine, so the image is still embedded.
     """
-    try:
-        method = _TRANSPOSE.get(image.getexif().get(ExifTags.Base.Orientation, 1))
-    except Exception:
-        return image
+    method = _TRANSPOSE.get(orientation(image))
     return image.transpose(method) if method is not None else image

@@ -12,7 +12,7 @@ from typing import Annotated, Literal, Optional
 
 import typer
 
-from .choices import DEVICES, DTYPES, FORMATS, NORMS, OUT_DTYPES, POOLS, QUANTIZE
+from .choices import DEVICES, DTYPES, ENGINES, FORMATS, NORMS, OUT_DTYPES, POOLS, QUANTIZE
 from .config import DEFAULT_MODEL_ID, PRESETS
 
 DEBUG = "siglip.debug"  # the context's meta key: --debug was given
@@ -102,6 +102,19 @@ Shard = Annotated[Optional[str], typer.Option(
                                         "processes split a corpus with no overlap.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar and no summary; failures are still "
                                                            "reported.")]
+Engine = _choice(ENGINES, "--engine", help="local: this machine. ray: actors on a Ray cluster (folder outputs; "
+                                           'pip install "siglip-cli[ray]"), same files and resume.')
+RayAddress = Annotated[Optional[str], typer.Option(
+    "--ray-address", show_default=False, rich_help_panel="Ray (--engine ray)",
+    help="The cluster to join (default: RAY_ADDRESS, else a local cluster started for the run).")]
+RayWorkers = Annotated[int, typer.Option("--ray-workers", min=1, rich_help_panel="Ray (--engine ray)",
+                                         help="Actors, each loading the model once (one per GPU on a GPU cluster).")]
+RayGpus = Annotated[Optional[float], typer.Option(
+    "--ray-gpus-per-worker", min=0, show_default=False, rich_help_panel="Ray (--engine ray)",
+    help="GPUs each actor reserves (default: 1 where the cluster has a GPU per actor, else 0).")]
+RayCpus = Annotated[Optional[float], typer.Option(
+    "--ray-cpus-per-worker", min=0, show_default=False, rich_help_panel="Ray (--engine ray)",
+    help="CPUs each actor reserves (default: 1; on a local cluster, fewer, so Ray Data keeps a CPU for itself).")]
 
 # siglip download-weights
 ModelId = Annotated[str, typer.Argument(help="Hub id, optionally id@revision.")]

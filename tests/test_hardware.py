@@ -94,3 +94,19 @@ def test_with_torch_imported_its_capability_is_reported():
     info = hardware.report()
     assert info["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert (info["gpu"] is not None) == torch.cuda.is_available()
+
+
+def test_on_a_gpu_doctor_says_where_jpegs_are_decoded(monkeypatch):
+    """With a GPU, the report says whether torchvision can decode JPEGs there (embed does), or how to get it."""
+    ampere = {"name": "A100", "compute_capability": "8.0", "bf16": True}
+    monkeypatch.setattr(hardware, "_torch_facts", lambda probe: ("AVX512", ampere))
+    monkeypatch.setattr(hardware, "_gpu_jpeg", lambda: "0.29.2")
+    text = "\n".join(hardware.render(hardware.report(cpuinfo=ZEN4)))
+    assert "gpu:       A100 (compute capability 8.0)" in text
+    assert "jpeg:      decoded on the GPU (torchvision 0.29.2, nvJPEG)" in text
+    monkeypatch.setattr(hardware, "_gpu_jpeg", lambda: None)
+    info = hardware.report(cpuinfo=ZEN4)
+    assert info["gpu_jpeg_decode"] is None
+    assert 'jpeg:      decoded on the CPU: pip install "siglip-cli[gpu]" to decode on the GPU' in hardware.render(info)
+    monkeypatch.setattr(hardware, "_torch_facts", lambda probe: (None, None))
+    assert not any(line.startswith("jpeg:") for line in hardware.render(hardware.report(cpuinfo=ZEN4)))

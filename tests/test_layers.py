@@ -15,7 +15,7 @@ MAX_LINES = 400
 # Imported by `siglip --help` and by what runs before a model is needed: torch costs seconds to import.
 TORCH_FREE = ["atomic", "bars", "catalog", "checkpoint", "choices", "cli", "cli_learn", "cli_text", "config", "console",
               "decode", "errors", "folder_index", "hashes", "hub", "inputs", "options", "plan", "preprocess",
-              "progress", "search", "signals", "store", "tokenizer", "views", "writers"]
+              "progress", "ray_engine", "search", "signals", "store", "tokenizer", "views", "writers"]
 
 
 def imports(module: str) -> set[str]:
@@ -96,6 +96,7 @@ def test_torch_free_modules_import_no_torch():
     code = ("import importlib, sys\n"
             f"for m in {TORCH_FREE!r}:\n"
             "    importlib.import_module('siglip_cli.' + m)\n"
-            "    assert 'torch' not in sys.modules, m\n")
+            "    assert 'torch' not in sys.modules, m\n"
+            "    assert 'ray' not in sys.modules, m  # only --engine ray imports it\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
