@@ -15,6 +15,8 @@ whose cores the model already fills, decoding competes with it for them.
 
     pip install -e . -r benchmarks/requirements.txt
     python benchmarks/bench_pipeline.py [--images 500] [--short 100] [--size 640x480] [--repeat 2]
+    python benchmarks/bench_pipeline.py --device cuda --size 4032x3024 --images 2000 --short 200 \
+        --precisions bfloat16 --batch 64          # on a GPU: GPU JPEG decode vs CPU decode
 
 With --repeat, each figure is the best of its rounds (model only and end to end alike), so a moment of
 load from elsewhere does not decide the share.
@@ -37,6 +39,9 @@ from bench_batch import make_checkpoint, make_photos  # noqa: E402
 OPTIONS = {"float32": [], "bfloat16": ["--dtype", "bfloat16"], "int8": ["--quantize", "int8"]}
 
 
+DEVICE = "cpu"  # --device
+
+
 def model_only(ckpt: Path, folder: Path, precision: str, batch: int, calls: int) -> float:
     """Images/s of the Embedder's model stage alone, on real preprocessed pixels."""
     import numpy as np
@@ -44,7 +49,7 @@ def model_only(ckpt: Path, folder: Path, precision: str, batch: int, calls: int)
     from siglip_cli.embed import Embedder
 
     kwargs = {"quantize": "int8"} if precision == "int8" else {"dtype": precision}
-    emb = Embedder.load(ckpt, pool="none", device="cpu", **kwargs)
+    emb = Embedder.load(ckpt, pool="none", device=DEVICE, **kwargs)
     paths = sorted(folder.glob("*.jpg"))[:batch]
     pixels = np.stack([emb.decoder(p) for p in paths])
     for _ in range(2):
@@ -52,15 +57,15 @@ def model_only(ckpt: Path, folder: Path, precision: str, batch: int, calls: int)
     times = []
     for _ in range(calls):
         t = time.perf_counter()
-        emb.embed_pixels(pixels)
+        emb.embed_pixels(pixels)  # returns host arrays: the GPU has finished
         times.append(time.perf_counter() - t)
     return batch / statistics.median(times)
 
 
-def end_to_end(ckpt: Path, folder: Path, out: Path, precision: str, batch: int) -> float:
+def end_to_end(ckpt: Path, folder: Path, out: Path, precision: str, batch: int, extra: tuple = ()) -> float:
     """Wall seconds of one `siglip embed` run over the folder, in a fresh process."""
     cmd = [sys.executable, "-m", "siglip_cli", "embed", str(folder), "--model", str(ckpt), "-o", f"{out}/",
-           "--batch-size", str(batch), "--device", "cpu", "--quiet", "--overwrite", *OPTIONS[precision]]
+           "--batch-size", str(batch), "--device", DEVICE, "--quiet", "--overwrite", *OPTIONS[precision], *extra]
     t = time.perf_counter()
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return time.perf_counter() - t
@@ -75,9 +80,13 @@ def main() -> None:
     ap.add_argument("--calls", type=int, default=15)
     ap.add_argument("--precisions", default="float32,bfloat16,int8")
     ap.add_argument("--repeat", type=int, default=1, help="rounds over the precisions; the best of each figure")
+    ap.add_argument("--device", default="cpu", help="cuda: also end to end with every JPEG decoded on the CPU "
+                                                    "(--exact-decode), against the default GPU decode")
     args = ap.parse_args()
     from siglip_cli.hardware import report
 
+    global DEVICE
+    DEVICE = args.device
     w, h = (int(v) for v in args.size.lower().split("x"))
     info = report()
     results: dict[str, object] = {"machine": f"{info['cpu']}, {info['cores']} cores, class {info['class']}",
@@ -98,6 +107,11 @@ def main() -> None:
                 t_all = end_to_end(tmp / "base", tmp / "all", tmp / "out-all", precision, args.batch)
                 pipeline = (args.images - args.short) / (t_all - t_short)
                 print(precision, round(model, 2), round(pipeline, 2), file=sys.stderr, flush=True)
+                if DEVICE == "cuda":  # the same run with every image decoded on the CPU threads
+                    cpu = [end_to_end(tmp / "base", tmp / d, tmp / f"out-{d}", precision, args.batch,
+                                      ("--exact-decode",)) for d in ("short", "all")]
+                    results[f"{precision}, CPU decode (--exact-decode), end to end images/s"] = round(
+                        (args.images - args.short) / (cpu[1] - cpu[0]), 2)
                 b = best.setdefault(precision, {"model": 0.0, "pipeline": 0.0, "walls": None})
                 b["model"] = max(b["model"], model)
                 if pipeline > b["pipeline"]:

@@ -6,7 +6,8 @@
 
 The stages also work apart (a Ray actor, a process pool): `emb.decoder` (preprocess.Decoder) turns a
 file into (3, S, S) pixels with no model and pickles; `emb.embed_pixels` turns (B, 3, S, S) pixels into
-embeddings on the model's device; batch.py and writers.py write them.
+embeddings on the model's device; batch.py and writers.py write them. On a CUDA GPU, embed_iter has the
+JPEGs decoded there (`emb.device_decoder`, gpu_decode.py); None: every image on the CPU threads.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from .choices import DEVICES, POOLS
 from .config import check_image_size
 from .decode import DEFAULT_MAX_PIXELS, prefetch
 from .errors import ImageError, UsageError
+from .gpu_decode import DeviceDecoder, use_device_decode
 from .model import SiglipVisionModel
 from .precision import set_precision
 from .preprocess import Decoder, Preprocessing, choose_preprocessing
@@ -77,7 +79,7 @@ class Embedder:
     """A model on its device at its precision (the model stage), with its Decoder (the decode stage).
 
     dtype/quantize convert the model passed in, in place (as --dtype/--quantize); exact_decode turns
-    JPEG draft decoding off.
+    JPEG draft decoding off, and the GPU JPEG decode (gpu_decode.use_device_decode says when it runs).
     """
 
     def __init__(self, model: SiglipVisionModel, preprocessing: Preprocessing, pool: str = "none",
@@ -94,6 +96,8 @@ class Embedder:
         self.pool = pool
         self.dtype, self.quantize = dtype, quantize
         self.decoder = Decoder(preprocessing, max_pixels, exact_decode, decode_memory)
+        self.device_decoder = (DeviceDecoder(self.decoder, self.device)
+                               if use_device_decode(self.device, exact_decode, preprocessing.resample) else None)
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -159,7 +163,8 @@ class Embedder:
             "dtype": "float32",
             "compute_dtype": self.dtype,
             "quantize": self.quantize,
-            "decode": "exact" if self.draft is None else f"jpeg-draft>={self.draft}px",
+            "decode": self.device_decoder.name if self.device_decoder is not None else
+                      "exact" if self.draft is None else f"jpeg-draft>={self.draft}px",
             "siglip_cli_version": __version__,
         }
 
@@ -189,6 +194,16 @@ class Embedder:
             return Result(source, error=f"cannot prepare image ({type(e).__name__}: {e})", item=item)
         return Result(source, embedding=pixels, item=item)  # pixels until embedded
 
+    def _read_for_device(self, item) -> Result:
+        """prepare(item), except that a plain JPEG file is only read, for device_decoder to decode with
+        its batch: its Result's embedding is a gpu_decode.JpegJob until then."""
+        if not isinstance(item, Image.Image):
+            path = getattr(item, "path", item)
+            job = self.device_decoder.read(path)
+            if job is not None:
+                return Result(str(path), embedding=job, item=item)
+        return self.prepare(item)
+
     def embed_iter(self, images: Iterable, batch_size: int = 8, workers: int | None = None) -> Iterator[Result]:
         """One Result per input, in input order; an image that fails does not stop the others.
 
@@ -202,9 +217,12 @@ class Embedder:
         window = batch_size * 2 + workers
         pending: list[Result] = []  # in input order; those with pixels wait for the model
         queued = 0
+        on_device = self.device_decoder
 
         def flush() -> Iterator[Result]:
             nonlocal queued
+            if on_device is not None:  # decode the batch's JPEGs there; a failure there takes the CPU path
+                on_device.finish(pending, self.prepare)
             waiting = [r for r in pending if r.embedding is not None]
             if waiting:
                 arrays = self.embed_pixels(torch.stack([r.embedding for r in waiting]))
@@ -217,7 +235,8 @@ class Embedder:
             pending.clear()
             queued = 0
 
-        for result in prefetch(self.prepare, images, workers, window):
+        prepare = self.prepare if on_device is None else self._read_for_device
+        for result in prefetch(prepare, images, workers, window):
             pending.append(result)
             queued += result.embedding is not None
             if queued >= batch_size:

@@ -51,10 +51,18 @@ class Preprocessing:
     def array(self, image: Image.Image) -> np.ndarray:
         """An RGB PIL image -> (3, S, S) float32 NumPy."""
         image = image.resize((self.image_size, self.image_size), resample=_RESAMPLE[self.resample])
+        return np.ascontiguousarray(self._normalise(np.asarray(image)).transpose(2, 0, 1))  # (3, S, S)
+
+    def _normalise(self, rgb: np.ndarray) -> np.ndarray:
+        """(..., 3) 8-bit RGB -> float32, rescaled and normalised per channel."""
         # float64 for the rescale, then float32: the same arithmetic as transformers' processor.
-        x = (np.asarray(image, dtype=np.float64) * self.rescale_factor).astype(np.float32)  # (S, S, 3)
-        x = (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
-        return np.ascontiguousarray(x.transpose(2, 0, 1))  # (3, S, S)
+        x = (np.asarray(rgb, dtype=np.float64) * self.rescale_factor).astype(np.float32)
+        return (x - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+
+    def levels(self) -> np.ndarray:
+        """What each 8-bit level becomes in each channel, (256, 3) float32: array()'s arithmetic as a
+        table, so pixels resized elsewhere (on a GPU) are normalised to the same numbers."""
+        return self._normalise(np.repeat(np.arange(256, dtype=np.uint8)[:, None], 3, axis=1))
 
     def __call__(self, image: Image.Image):
         """An RGB PIL image -> (3, S, S) float32 torch tensor (sharing the NumPy array's memory)."""
