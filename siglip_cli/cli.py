@@ -160,7 +160,8 @@ def embed(
     from .plan import ReportGuard, is_folder_output, plan_embed
     from .ray_engine import RaySettings, check_engine
 
-    settings = RaySettings(ray_address, ray_workers, ray_gpus, ray_cpus)
+    settings = RaySettings(ray_address, ray_workers, ray_gpus, ray_cpus,
+                           debug=debug or os.environ.get("SIGLIP_DEBUG", "") not in ("", "0"))
     if engine == "local" and (ray_address, ray_workers, ray_gpus, ray_cpus) != (None, 1, None, None):
         raise UsageError("the --ray-* options need --engine ray")
     check_engine(engine, is_folder_output(output), settings)  # before the output folder is made
@@ -193,7 +194,7 @@ def embed(
             spec = WorkerSpec(source, random_init, load, str(plan.output), out_dtype, overwrite, batch_size, workers,
                               threads=1)
             run_engine = RayEngine(settings, spec, lambda item: output_path_for(plan.output, item.rel, plan.fmt))
-            run_engine.start()
+            run_engine.check()  # a wrong address is refused now; the cluster starts when there are images to embed
         if random_init:
             _err("Warning: --random-init: untrained random weights (seed 0); these embeddings mean nothing. "
                  "Use --model with a real checkpoint for meaningful ones.")

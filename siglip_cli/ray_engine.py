@@ -14,8 +14,12 @@ Ray is imported only here, and only when --engine ray runs; without it, one line
 
 from __future__ import annotations
 
+import io
 import math
 import os
+import signal
+import socket
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +40,7 @@ class RaySettings:
     gpus_per_worker: float | None = None  # None: 1 where the cluster has GPUs (and the run is not CPU-only), else 0
     cpus_per_worker: float | None = None  # None: 1, or on a local cluster what leaves Ray Data a CPU of its own
     rows_per_call: int | None = None  # images per actor call (default: 4 model batches, so decoding overlaps)
+    debug: bool = False  # --debug: Ray's own log lines stay on stderr
     started: bool = field(default=False, init=False)  # this run started the local cluster (and shuts it down)
 
 
@@ -65,23 +70,60 @@ def check_engine(engine: str, folder: bool, settings: RaySettings) -> None:
     import_ray()
 
 
+def probe(address: str) -> None:
+    """A host:port (or ray://host:port) that answers within seconds, or a one-line error: Ray itself would
+    retry an unreachable address for minutes, printing warnings."""
+    target = address.removeprefix("ray://")
+    host, _, port = target.rpartition(":")
+    if target in ("auto", "local") or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise UsageError(f"cannot connect to the Ray cluster at {address} ({e.strerror or e}): {CONNECT_HELP}") \
+            from None
+
+
+def quiet_backend() -> None:
+    """Ray's C++ core writes its own log lines to file descriptor 2 (an actor-restart caveat on every run,
+    a crash dump on SIGTERM), into the progress bar. From here on Python's sys.stderr, where siglip's
+    lines and the progress bar go, writes to a copy of fd 2, and fd 2 itself (and the Ray processes
+    started from here, which log to Ray's session folder anyway) goes to /dev/null. Not with --debug."""
+    try:
+        sys.stderr.flush()
+        copy = os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+    except (OSError, ValueError, AttributeError):
+        return
+    old = sys.stderr
+    sys.stderr = io.TextIOWrapper(io.FileIO(copy, "w"), encoding=getattr(old, "encoding", None) or "utf-8",
+                                  errors=getattr(old, "errors", None) or "backslashreplace", line_buffering=True)
+
+
 def connect(settings: RaySettings):
     """Join the cluster at --ray-address / RAY_ADDRESS, or start a local one for this run (quietly, no usage
     statistics sent: a command-line tool does not report on its user). A process already connected to Ray
-    (a notebook, a test) runs on that cluster."""
+    (a notebook, a test) runs on that cluster, as it is."""
     import logging
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray = import_ray()
+    if ray.is_initialized():  # a notebook's or a test's own connection: used, and left open
+        return _configure(ray)
     for name in ("ray", "ray.data"):  # Ray's notices ("progress bars disabled") are not the user's business
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"ray\.")
     address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    if address is not None:
+        probe(address)
+    if not settings.debug:
+        quiet_backend()
     options = dict(logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    sigterm = signal.getsignal(signal.SIGTERM)
     try:
-        if ray.is_initialized():  # a notebook's or a test's own connection: used, and left open
-            pass
-        elif address is None:
+        if address is None:
             ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **options)
             settings.started = True
         else:
@@ -90,6 +132,15 @@ def connect(settings: RaySettings):
         where = f"the Ray cluster at {address}" if address else "a local Ray cluster"
         raise UsageError(f"cannot connect to {where} ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
                          f"{CONNECT_HELP}") from None
+    finally:
+        # ray.init takes SIGTERM over (it exits with status 15, after a crash dump): a scheduler's stop is
+        # siglip's again, unwinding like Ctrl-C (temp files go, the report is written; exit 143).
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
+    return _configure(ray)
+
+
+def _configure(ray):
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True  # statuses come back in input order: the report's order
     ctx.enable_progress_bars = False  # siglip's own progress line counts the images
@@ -106,18 +157,25 @@ def resources(ray, settings: RaySettings, device: str, quantize: str) -> tuple[f
     """
     total = ray.cluster_resources()
     cpus, gpus = float(total.get("CPU", 1)), float(total.get("GPU", 0))
+    nodes = [node.get("Resources", {}) for node in ray.nodes() if node.get("Alive")]
+    node_cpus = max((float(r.get("CPU", 0)) for r in nodes), default=cpus)
+    node_gpus = max((float(r.get("GPU", 0)) for r in nodes), default=gpus)
     n = settings.workers
     g = settings.gpus_per_worker
     if g is None:
-        g = 1.0 if gpus >= n and device != "cpu" and quantize == "none" else 0.0
-    if g > 0 and gpus < g:
-        raise UsageError(f"--ray-gpus-per-worker {g:g}: the Ray cluster has {gpus:g} GPUs: use 0 to run on CPUs")
+        g = 1.0 if gpus >= n and node_gpus >= 1 and device != "cpu" and quantize == "none" else 0.0
+    if g > node_gpus:
+        raise UsageError(f"--ray-gpus-per-worker {g:g}: no node of the Ray cluster has that many GPUs (the largest "
+                         f"has {node_gpus:g}): use {node_gpus:g} or fewer, 0 to run on CPUs")
     if device == "cuda" and g == 0:
         raise UsageError(f"--device cuda: the actors reserve no GPU (the Ray cluster has {gpus:g}): "
                          "set --ray-gpus-per-worker, or leave out --device cuda")
     c = settings.cpus_per_worker
     if c is None:
         c = 1.0 if not settings.started else max(0.25, math.floor(min(1.0, (cpus - 1) / n) * 4) / 4)
+    if c > node_cpus:
+        raise UsageError(f"--ray-cpus-per-worker {c:g}: no node of the Ray cluster has that many CPUs (the largest "
+                         f"has {node_cpus:g}): use {node_cpus:g} or fewer")
     threads = max(1, int(cpus // n)) if settings.started else max(1, math.ceil(c))
     return c, g, threads
 
@@ -205,11 +263,19 @@ class RayEngine:
                 row = next(statuses)
                 done[int(row["index"])] = row
             row = done.pop(i)
-            if row["status"] == "embedded":
-                yield step, Written(output=str(row["output"]), shape=[int(n) for n in str(row["shape"]).split(",")])
+            if row["status"] == "embedded":  # the output as the driver names it (relative stays relative)
+                shape = [int(n) for n in str(row["shape"]).split(",")]
+                yield step, Written(output=str(self.target(step.item)), shape=shape)
             else:
                 errno = int(row["errno"])
                 yield step, Written(error=str(row["reason"]), errno=None if errno < 0 else errno)
+
+    def check(self) -> None:
+        """What can be refused before the run writes anything: Ray installed, the address answering."""
+        import_ray()
+        address = self.settings.address or os.environ.get("RAY_ADDRESS") or None
+        if address is not None:
+            probe(address)
 
     def start(self) -> None:
         """Connect (or start the local cluster) and check what the actors would reserve: called before the
@@ -232,7 +298,11 @@ class RayEngine:
                                 compute=ray.data.ActorPoolStrategy(size=self.settings.workers), num_cpus=self.cpus,
                                 num_gpus=self.gpus, batch_format="numpy", zero_copy_batch=True)
             try:
-                yield from ds.iter_rows()
+                # Whole blocks as each comes back (iter_rows would gather 256 rows first): the progress,
+                # and the report of an interrupted run, keep up with the files written.
+                for block in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=0):
+                    for j in range(len(block["index"])):
+                        yield {key: column[j] for key, column in block.items()}
             except ray.exceptions.RayError as e:
                 raise OutputError(f"the Ray job failed: {worker_error(e)}") from None
         finally:
