@@ -246,3 +246,46 @@ def test_resources_refuse_more_than_a_node_has(cluster):
         resources(cluster, RaySettings(gpus_per_worker=1), "auto", "none")
     with pytest.raises(UsageError, match=r"--device cuda: the actors reserve no GPU \(the Ray cluster has 0\)"):
         resources(cluster, RaySettings(), "cuda", "none")
+
+
+@needs_ray
+def test_a_driver_stopped_mid_run_leaves_complete_files_and_a_rerun_finishes(tiny_ckpt, tmp_path):
+    """SIGTERM to the driver (a scheduler's stop) mid-run: exit 143, every file there loads, the report lists
+    only written files, and a rerun embeds exactly the rest."""
+    import signal
+    import subprocess
+    import time
+
+    from PIL import Image
+
+    big = tmp_path / "big.jpg"
+    Image.open(PHOTOS[0]).convert("RGB").resize((2400, 1800)).save(big, quality=92)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(400):  # one slow-to-decode JPEG under 400 names
+        os.link(big, photos / f"img{i:03d}.jpg")
+    out, report = tmp_path / "out", tmp_path / "r.jsonl"
+    cmd = [sys.executable, "-m", "siglip_cli", "embed", str(photos), "--model", str(tiny_ckpt), "-o", f"{out}/",
+           "--engine", "ray", "--exact-decode", "--batch-size", "1", "--workers", "1", "--report", str(report)]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("*.npy"))) < 12:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    time.sleep(2)  # the actors' last writes
+    files = sorted(out.glob("*.npy"))
+    assert 12 <= len(files) < 400  # stopped mid-run
+    for f in files:
+        assert np.load(f).shape == (4 * 4, TINY["hidden_size"])
+    listed = [json.loads(line) for line in report.read_text().splitlines()]
+    assert listed and all(r["status"] == "embedded" for r in listed)
+    assert {r["output"] for r in listed} <= {str(f) for f in files}
+    again = run_cli("embed", str(photos), "--model", str(tiny_ckpt), "-o", f"{out}/", "--engine", "ray",
+                    "--batch-size", "8", env={"RAY_USAGE_STATS_ENABLED": "0", "RAY_ADDRESS": ""})
+    assert again.returncode == 0, again.stderr
+    assert f"{400 - len(files)} embedded, {len(files)} skipped (output exists), 0 failed" in again.stderr
+    assert len(list(out.glob("*.npy"))) == 400
+    assert not [p.name for p in out.iterdir() if "siglip-tmp" in p.name]
