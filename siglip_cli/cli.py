@@ -135,7 +135,7 @@ def embed(
     One image writes its array ([196, 768] patch embeddings for the base model, or [768] with --pool).
     Several images and a file output write one stacked array [B, ...] in input order, streamed to disk,
     with the source paths recorded (in the .safetensors metadata, or in a sidecar OUT.npy.json).
-    A folder output (-o DIR/) writes DIR/<path below the input folder>.npy per image; a rerun skips
+    A folder output (-o DIR/) writes DIR/PATH.npy per image (PATH: below the input folder); a rerun skips
     images already done. An image that cannot be read is reported once as `path: reason`, and the
     others are still embedded. Every file is written atomically.
 
@@ -149,7 +149,7 @@ def embed(
 
       find /data -name '*.jpg' | siglip embed --files-from - -o out/ --shard 0/4
 
-      siglip embed photos/ -o embeddings/ --quantize int8        # CPU, ~1.5x faster, approximate
+      siglip embed photos/ -o embeddings/ --quantize int8        # CPU, 1.6-2.6x faster, approximate
 
       siglip embed photos/ -o embeddings/ --device cuda --dtype bfloat16
 

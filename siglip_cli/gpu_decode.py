@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .decode import DRAFT_GAP, _allow_pixels, orientation
+from .decode import DRAFT_GAP, _allow_pixels, draft_scale, orientation
 from .preprocess import Decoder
 
 NAME = "gpu-jpeg"  # Embedder.metadata()["decode"] when this decodes the JPEGs
@@ -151,9 +151,10 @@ class DeviceDecoder:
         self.decoder, self.device, self.batch_pixels = decoder, torch.device(device), batch_pixels
         self.mode, self.size = DEVICE_RESAMPLE[prep.resample], prep.image_size
         self.levels = torch.from_numpy(prep.levels().T.copy()).to(self.device)  # (3, 256)
-        # Only JPEGs large enough to be draft-decoded on the CPU (each side >= 3x the input) go to the device:
-        # where the default is approximate anyway, and the decode costs most. Smaller ones stay exact on the
-        # CPU, away from nvJPEG's chroma upsampling (it repeats 4:2:0 colour, libjpeg interpolates it).
+        # Only the JPEGs the CPU default would draft-decode (decode.draft_scale: a DCT scale of 2 or more that
+        # keeps each side >= 3x the input) go to the device: where the default is approximate anyway, and
+        # the decode costs most. The others stay exact on the CPU, away from nvJPEG's chroma upsampling (it
+        # repeats 4:2:0 colour where libjpeg interpolates it). least_side=0: every plain JPEG (tests).
         self.least_side = DRAFT_GAP * self.size if least_side is None else least_side
 
     def read(self, path: str | Path) -> JpegJob | None:
@@ -169,7 +170,7 @@ class DeviceDecoder:
                     turned = orientation(image)
                     stored_rgb = image.info.get("adobe_transform") == 0 and mode == "RGB"  # not YCbCr
                 if fmt != "JPEG" or mode not in ("RGB", "L") or stored_rgb or width * height > self.decoder.max_pixels \
-                        or min(width, height) < self.least_side:
+                        or (self.least_side and draft_scale((width, height), self.least_side) < 2):
                     return None  # MPO, CMYK, RGB, small, or refused by the CPU path before it decodes
                 f.seek(0)
                 data = bytearray(f.read())

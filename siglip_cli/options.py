@@ -64,15 +64,17 @@ Pool = _choice(POOLS, "--pool", help="none: patch embeddings [N, D]; map: SigLIP
 Norm = _choice(NORMS, "--norm", help="Preprocessing. checkpoint: what its preprocessor_config.json says (SigLIP: "
                                      "bicubic, mean=std=0.5); imagenet: the seed documents' pipeline (bilinear, "
                                      "ImageNet mean/std); auto: checkpoint when there is one, else imagenet.")
-Dtype = _choice(DTYPES, "--dtype", help="Compute precision. bfloat16/float16: GPUs, and CPUs with native bfloat16 "
-                                        "(`siglip doctor` says which is fastest here), LayerNorm and softmax kept in "
-                                        "float32; float32: the checkpoint's own numbers.")
-Quantize = _choice(QUANTIZE, "--quantize", help="int8: dynamic int8 Linear layers on the CPU, ~1.5x faster and "
-                                                "approximate (cosine ~0.999 to float32).")
+Dtype = _choice(DTYPES, "--dtype", help="Compute precision. bfloat16: GPUs and CPUs with native bf16 (AVX-512 BF16, "
+                                        "AMX; `siglip doctor` says which is fastest here); float16: GPUs (on CPUs "
+                                        "~10x slower); LayerNorm and softmax kept in float32; float32: the "
+                                        "checkpoint's own numbers.")
+Quantize = _choice(QUANTIZE, "--quantize", help="int8: dynamic int8 Linear layers on the CPU, 1.6x (AVX2) to 2.6x "
+                                                "(AVX-512 VNNI) faster and approximate (cosine ~0.999 to float32).")
 ExactDecode = Annotated[bool, typer.Option(
     "--exact-decode", help="Decode every JPEG at full size. By default a large JPEG decodes at 1/2 to 1/8 "
                            "scale while each side keeps >= 3x the model's input: several times faster, "
-                           "within a few levels in 255 of the full decode.")]
+                           "within a few levels in 255 of the full decode. On CUDA it also keeps JPEGs off the "
+                           "GPU decoder: every image decoded by Pillow on the CPU.")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 Workers = Annotated[Optional[int], typer.Option(
     "--workers", min=0, show_default=False,
@@ -111,7 +113,8 @@ RayWorkers = Annotated[int, typer.Option("--ray-workers", min=1, rich_help_panel
                                          help="Actors, each loading the model once (one per GPU on a GPU cluster).")]
 RayGpus = Annotated[Optional[float], typer.Option(
     "--ray-gpus-per-worker", min=0, show_default=False, rich_help_panel="Ray (--engine ray)",
-    help="GPUs each actor reserves (default: 1 where the cluster has a GPU per actor, else 0).")]
+    help="GPUs each actor reserves (default: 1 where the cluster has a GPU per actor and the run is not --device "
+         "cpu or int8, else 0).")]
 RayCpus = Annotated[Optional[float], typer.Option(
     "--ray-cpus-per-worker", min=0, show_default=False, rich_help_panel="Ray (--engine ray)",
     help="CPUs each actor reserves (default: 1; on a local cluster, fewer, so Ray Data keeps a CPU for itself).")]

@@ -124,7 +124,8 @@ def connect(settings: RaySettings):
     sigterm = signal.getsignal(signal.SIGTERM)
     try:
         if address is None:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, **options)
+            # address="local": a new cluster even where `ray start` left one running (--ray-address auto joins it)
+            ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, **options)
             settings.started = True
         else:
             ray.init(address=address, **options)

@@ -315,15 +315,18 @@ def test_embed_iter_on_the_device_decode_matches_the_cpu_path(tmp_path, tiny, ca
 
 
 def test_only_jpegs_large_enough_for_draft_decoding_go_to_the_device(tmp_path):
-    """By default a JPEG goes to the device only when each side is >= 3x the model input (where the CPU
-    default is approximate anyway: draft decoding); smaller ones stay on the CPU, exact."""
-    from siglip_cli.decode import DRAFT_GAP
+    """By default a JPEG goes to the device only when the CPU default would draft-decode it (a DCT scale of
+    2 or more dividing both sides, each still >= 3x the model input), where that default is approximate
+    anyway; the others stay on the CPU, exact."""
+    from siglip_cli.decode import DRAFT_GAP, draft_scale
 
     prep = siglip(32)
     dev = DeviceDecoder(Decoder(prep), "cpu")
     assert dev.least_side == DRAFT_GAP * 32 == 96
     src = Image.open(SAMPLES / "cat.jpg").convert("RGB")
-    for size, to_device in (((96, 96), True), ((200, 96), True), ((95, 300), False), ((64, 48), False)):
+    for size, to_device in (((192, 192), True), ((400, 200), True), ((191, 300), False), ((96, 96), False),
+                            ((190, 400), False), ((64, 48), False)):
+        assert (draft_scale(size, 96) >= 2) is to_device, size  # the CPU default drafts exactly these
         path = tmp_path / f"{size[0]}x{size[1]}.jpg"
         src.resize(size).save(path, quality=90)
         assert isinstance(dev.read(path), JpegJob) is to_device, size
