@@ -28,8 +28,12 @@ EXIT_CODES_HELP = "Exit codes: 0 all inputs embedded; 1 some input failed; 2 usa
 HUB_EXIT_CODES_HELP = "Exit codes: 0 done; 2 any error (not found, gated, offline, corrupt, disk full ...)."
 
 
+def _debug_env() -> bool:
+    return os.environ.get("SIGLIP_DEBUG", "") not in ("", "0")
+
+
 def _debug_on(ctx: typer.Context) -> bool:
-    return bool(ctx.meta.get(opt.DEBUG)) or os.environ.get("SIGLIP_DEBUG", "") not in ("", "0")
+    return bool(ctx.meta.get(opt.DEBUG)) or _debug_env()
 
 
 _err = err_line  # one line on stderr
@@ -160,8 +164,7 @@ def embed(
     from .plan import ReportGuard, is_folder_output, plan_embed
     from .ray_engine import RaySettings, check_engine
 
-    settings = RaySettings(ray_address, ray_workers, ray_gpus, ray_cpus,
-                           debug=debug or os.environ.get("SIGLIP_DEBUG", "") not in ("", "0"))
+    settings = RaySettings(ray_address, ray_workers, ray_gpus, ray_cpus, debug=debug or _debug_env())
     if engine == "local" and (ray_address, ray_workers, ray_gpus, ray_cpus) != (None, 1, None, None):
         raise UsageError("the --ray-* options need --engine ray")
     check_engine(engine, is_folder_output(output), settings)  # before the output folder is made

@@ -143,11 +143,12 @@ def _torch_facts(probe: bool) -> tuple[str | None, dict | None]:
 
 def _gpu_jpeg() -> str | None:
     """torchvision's version where it can decode JPEGs on the GPU (embed does so on CUDA), else None."""
-    try:
-        import torchvision
-        from torchvision.io import decode_jpeg  # noqa: F401
-    except Exception:  # absent, or built for another torch
+    from .gpu_decode import torchvision_decode_jpeg  # torch is imported already: a GPU was found with it
+
+    if torchvision_decode_jpeg() is None:
         return None
+    import torchvision
+
     return torchvision.__version__
 
 

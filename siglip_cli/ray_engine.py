@@ -41,6 +41,10 @@ class RaySettings:
     cpus_per_worker: float | None = None  # None: 1, or on a local cluster what leaves Ray Data a CPU of its own
     rows_per_call: int | None = None  # images per actor call (default: 4 model batches, so decoding overlaps)
     debug: bool = False  # --debug: Ray's own log lines stay on stderr
+
+    def cluster(self) -> str | None:
+        """The address to join: --ray-address, else RAY_ADDRESS; None: a local cluster for the run."""
+        return self.address or os.environ.get("RAY_ADDRESS") or None
     started: bool = field(default=False, init=False)  # this run started the local cluster (and shuts it down)
 
 
@@ -115,7 +119,7 @@ def connect(settings: RaySettings):
     for name in ("ray", "ray.data"):  # Ray's notices ("progress bars disabled") are not the user's business
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module=r"ray\.")
-    address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    address = settings.cluster()
     if address is not None:
         probe(address)
     if not settings.debug:
@@ -272,9 +276,9 @@ class RayEngine:
                 yield step, Written(error=str(row["reason"]), errno=None if errno < 0 else errno)
 
     def check(self) -> None:
-        """What can be refused before the run writes anything: Ray installed, the address answering."""
-        import_ray()
-        address = self.settings.address or os.environ.get("RAY_ADDRESS") or None
+        """What can be refused before the run writes anything (check_engine has imported Ray): the address
+        answering."""
+        address = self.settings.cluster()
         if address is not None:
             probe(address)
 
